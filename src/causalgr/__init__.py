@@ -1,0 +1,12 @@
+"""causalgr: generative-recommender ranking with causal attention reformulations.
+
+The public API (DESIGN.md §5)::
+
+    from causalgr import Batch, ModelConfig, build_model
+"""
+
+from causalgr.batch import Batch
+from causalgr.models import ModelConfig, build_model
+
+__all__ = ["Batch", "ModelConfig", "build_model"]
+__version__ = "0.1.0"

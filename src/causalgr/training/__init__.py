@@ -1,0 +1,1 @@
+"""Training, evaluation, metrics and the formulation comparison (DESIGN.md §4)."""
