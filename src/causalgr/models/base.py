@@ -1,0 +1,44 @@
+"""What every formulation shares: item and action embeddings, the backbone, the head."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from causalgr.batch import Batch
+from causalgr.models.action_encoder import ActionEncoder
+from causalgr.models.config import ModelConfig
+from causalgr.models.heads import MultiTaskHead
+from causalgr.models.hstu import HSTUEncoder
+from causalgr.models.softmax import SoftmaxEncoder
+
+
+class RankingModel(nn.Module):
+    """Base of the formulations: `model(batch) -> logits [B, N, T]` obeying the causal invariant."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.items = nn.Embedding(config.num_items + 1, config.dim, padding_idx=0)
+        nn.init.normal_(self.items.weight, std=0.02)
+        with torch.no_grad():
+            self.items.weight[0].zero_()
+        self.actions = ActionEncoder(len(config.tasks), config.dim, config.num_action_values, config.action_norm)
+        self.input_dropout = nn.Dropout(config.dropout)
+
+    def make_encoder(self, max_tokens: int, mvp: bool = False) -> nn.Module:
+        encoder = {"hstu": HSTUEncoder, "softmax": SoftmaxEncoder}[self.config.backbone]
+        return encoder(self.config, max_tokens, mvp)
+
+    def make_head(self, in_dim: int) -> MultiTaskHead:
+        return MultiTaskHead(in_dim, self.config.dim, len(self.config.tasks), self.config.dropout)
+
+    def embed_actions(self, batch: Batch) -> torch.Tensor:
+        """b(a_n) at every position, [B, N, D]. Callers must only let it reach positions > n."""
+        return self.actions(batch.labels.to(self.items.weight.dtype), batch.action_values)
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        raise NotImplementedError
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())

@@ -1,0 +1,78 @@
+"""The HSTU backbone: stacked sequential transduction units (DESIGN.md §2).
+
+Each layer: U, V, Q, K = split(SiLU(f1(LN(x)))); A = SiLU(QKᵀ/√d + rab) / (n + 1) over j ≤ n;
+y = x + f2(LN(A·V) ⊙ U). rab = learned relative-position bias + log-bucketed time-gap bias,
+per head. With `mvp=True` every layer also mixes action values u_j = W_a b(a_j) for j < n.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from causalgr.models.attention import pointwise_attention
+from causalgr.models.config import ModelConfig
+from causalgr.models.heads import merge_heads, split_heads
+from causalgr.models.timegaps import log_bucket
+
+
+class RelativeBias(nn.Module):
+    """rab[b, h, n, j] = position_bias[h, n − j] + time_bias[h, bucket(t_n − t_j)], for j ≤ n."""
+
+    def __init__(self, max_tokens: int, heads: int, time_buckets: int):
+        super().__init__()
+        self.time_buckets = time_buckets
+        self.position = nn.Embedding(max_tokens, heads)
+        self.time = nn.Embedding(time_buckets, heads)
+        nn.init.zeros_(self.position.weight)
+        nn.init.zeros_(self.time.weight)
+
+    def forward(self, timestamps: torch.Tensor) -> torch.Tensor:
+        """timestamps [B, L] → bias [B, H, L, L] (entries above the diagonal are never used)."""
+        L = timestamps.shape[1]
+        pos = torch.arange(L, device=timestamps.device)
+        distance = (pos[:, None] - pos[None, :]).clamp(0, self.position.num_embeddings - 1)  # [L, L]
+        gaps = timestamps[:, :, None] - timestamps[:, None, :]  # [B, L, L]
+        bias = self.position(distance)[None] + self.time(log_bucket(gaps, self.time_buckets))  # [B, L, L, H]
+        return bias.permute(0, 3, 1, 2)
+
+
+class STULayer(nn.Module):
+    def __init__(self, dim: int, heads: int, dropout: float, mvp: bool, reference: bool):
+        super().__init__()
+        self.heads, self.reference = heads, reference
+        self.norm_in = nn.LayerNorm(dim)
+        self.f1 = nn.Linear(dim, 4 * dim)
+        self.norm_attn = nn.LayerNorm(dim)
+        self.f2 = nn.Linear(dim, dim)
+        self.action_value = nn.Linear(dim, dim) if mvp else None  # W_a of this layer
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, bias: torch.Tensor, actions: torch.Tensor | None) -> torch.Tensor:
+        gate, v, q, k = F.silu(self.f1(self.norm_in(x))).chunk(4, dim=-1)  # 4 × [B, L, D]
+        u = None if self.action_value is None else split_heads(self.action_value(actions), self.heads)
+        attended = pointwise_attention(
+            split_heads(q, self.heads), split_heads(k, self.heads), split_heads(v, self.heads), bias, u,
+            reference=self.reference,
+        )
+        return x + self.dropout(self.f2(self.norm_attn(merge_heads(attended)) * gate))
+
+
+class HSTUEncoder(nn.Module):
+    """[B, L, D] inputs (+ timestamps, + b(a) for mvp) → [B, L, D] causal states."""
+
+    def __init__(self, config: ModelConfig, max_tokens: int, mvp: bool = False):
+        super().__init__()
+        reference = config.attention == "reference"
+        self.bias = RelativeBias(max_tokens, config.heads, config.time_buckets)
+        self.layers = nn.ModuleList(
+            STULayer(config.dim, config.heads, config.dropout, mvp, reference) for _ in range(config.layers)
+        )
+        self.norm = nn.LayerNorm(config.dim)
+
+    def forward(self, x: torch.Tensor, timestamps: torch.Tensor, actions: torch.Tensor | None = None) -> torch.Tensor:
+        bias = self.bias(timestamps)
+        for layer in self.layers:
+            x = layer(x, bias, actions)
+        return self.norm(x)

@@ -1,0 +1,29 @@
+"""`lfa` — Attention-based Late Fusion for Actions (AttnLFA, DESIGN.md §1).
+
+Tokens: e(i_1..N) only; the causal encoder never sees an action: h_n = Enc(e(i_≤n)).
+Mask:   causal (j ≤ n) in the encoder; strictly causal (j < n, plus a learned null slot) in
+        the pooling p_n = Σ_{j<n} α_nj W_v b(a_j), α_nj from q(h_n)·k(h_j).
+Readout: head([h_n, p_n]).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from causalgr.batch import Batch
+from causalgr.models.base import RankingModel
+from causalgr.models.config import ModelConfig
+from causalgr.models.heads import ActionPooling
+
+
+class LateFusion(RankingModel):
+    def __init__(self, config: ModelConfig):
+        super().__init__(config)
+        self.encoder = self.make_encoder(max_tokens=config.max_len)
+        self.pooling = ActionPooling(config.dim, config.pool_heads, reference=config.attention == "reference")
+        self.head = self.make_head(2 * config.dim)
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        h = self.encoder(self.input_dropout(self.items(batch.items)), batch.timestamps)  # [B, N, D]
+        pooled = self.pooling(h, self.embed_actions(batch))  # [B, N, D], actions j < n only
+        return self.head(torch.cat([h, pooled], dim=-1))  # [B, N, T]

@@ -1,0 +1,36 @@
+"""`mvp` — Attention-based Mixed Value Pooling (AttnMVP, DESIGN.md §1).
+
+Tokens: e(i_1..N); every attention layer adds action values u_j = W_a b(a_j):
+        o_n = Σ_{j≤n} α_nj v_j + Σ_{j<n} α_nj u_j.
+Mask:   causal for item values, strictly causal for action values. Stacking stays leak-free:
+        h_j only ever holds actions earlier than j, and u enters position n from j < n only.
+Readout: head(h_n), or with `mvp_pool_readout` head([h_n, p_n]) with `lfa`'s strict pooling.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from causalgr.batch import Batch
+from causalgr.models.base import RankingModel
+from causalgr.models.config import ModelConfig
+from causalgr.models.heads import ActionPooling
+
+
+class MixedValuePooling(RankingModel):
+    def __init__(self, config: ModelConfig):
+        super().__init__(config)
+        self.encoder = self.make_encoder(max_tokens=config.max_len, mvp=True)
+        self.pooling = (
+            ActionPooling(config.dim, config.pool_heads, reference=config.attention == "reference")
+            if config.mvp_pool_readout
+            else None
+        )
+        self.head = self.make_head(2 * config.dim if self.pooling is not None else config.dim)
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        actions = self.embed_actions(batch)  # [B, N, D]
+        h = self.encoder(self.input_dropout(self.items(batch.items)), batch.timestamps, actions)  # [B, N, D]
+        if self.pooling is None:
+            return self.head(h)  # [B, N, T]
+        return self.head(torch.cat([h, self.pooling(h, actions)], dim=-1))
