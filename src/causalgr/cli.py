@@ -16,6 +16,42 @@ app.add_typer(data_app, name="data", help="Fetch, prepare, generate and describe
 register_training(app)
 
 
+@app.command()
+def params(
+    num_items: int = typer.Option(1682, help="Item vocabulary (ML-100K has 1,682)."),
+    tasks: int = typer.Option(3, help="Number of tasks."),
+    dim: int = 64,
+    layers: int = 2,
+    heads: int = 2,
+    max_len: int = 512,
+    num_action_values: int = typer.Option(6, help="Action value vocabulary (ratings 1..5 → 6)."),
+) -> None:
+    """Parameter counts of every formulation × backbone at the same size, so comparisons are seen to be fair."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from causalgr.models import BACKBONES, FORMULATIONS, ModelConfig, build_model
+
+    table = Table(title=f"parameters (num_items={num_items}, dim={dim}, layers={layers}, heads={heads}, max_len={max_len})")
+    table.add_column("formulation")
+    for backbone in BACKBONES:
+        table.add_column(backbone, justify="right")
+        table.add_column(f"{backbone} w/o item table", justify="right")
+    for formulation in FORMULATIONS:
+        row = [formulation]
+        for backbone in BACKBONES:
+            config = ModelConfig(
+                formulation=formulation, backbone=backbone, num_items=num_items,
+                tasks=tuple(f"task{t}" for t in range(tasks)), dim=dim, layers=layers, heads=heads,
+                max_len=max_len, num_action_values=num_action_values,
+            )
+            model = build_model(config)
+            total = model.num_parameters()
+            row += [f"{total:,}", f"{total - model.items.weight.numel():,}"]
+        table.add_row(*row)
+    Console().print(table)
+
+
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:

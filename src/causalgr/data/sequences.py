@@ -1,0 +1,425 @@
+"""Event table → prepared per-user sequences: sort, remap, truncate, split, cache (DESIGN.md §3).
+
+The steps, in order:
+
+1. check the table (required columns, integer timestamps, no nulls, labels in {0, 1});
+2. sort each user's events by (timestamp, original row order), so ties keep the source order;
+3. keep the most recent `max_len` events of every user (older rows are dropped and counted);
+4. split: per user by position (`split="user"`), or by two global time cut-offs
+   (`split="time"`, users left without a training event are dropped and counted);
+5. remap ids densely *after* dropping, so the vocabulary holds exactly the kept ids: users
+   1..U and items 1..I in ascending order of their original id (0 is padding); an item seen
+   only in dropped rows gets no id.
+
+Everything is vectorised (polars sort, numpy gathers); no Python loop touches users or events.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import polars as pl
+from pydantic import BaseModel, Field, model_validator
+
+from causalgr.data.errors import DataError
+from causalgr.data.events import EventTable
+from causalgr.data.prepared import FORMAT_VERSION, SPLITS, PreparedData, load_prepared, save_prepared
+
+log = logging.getLogger(__name__)
+
+DROP_TRUNCATED = "older than the most recent max_len events of the user"
+DROP_NO_TRAIN = "user has no training event before valid_start (time split)"
+
+# floor(frac * n) computed in floating point can land just below an integer (0.29 * 100 =
+# 28.999…); this nudge makes the count the one a reader would compute by hand.
+_FLOOR_EPS = 1e-9
+
+
+class PrepareSettings(BaseModel, extra="forbid"):
+    """How an event table becomes prepared sequences."""
+
+    max_len: int = Field(512, ge=1, description="keep the most recent max_len events of each user")
+    split: Literal["user", "time"] = "user"
+    valid_frac: float = Field(0.1, ge=0.0, lt=1.0, description="user split: share of each user's events for validation")
+    test_frac: float = Field(0.1, ge=0.0, lt=1.0, description="user split: share of each user's events for test")
+    valid_start: int | None = Field(None, description="time split: first validation timestamp (default: 0.8 quantile)")
+    test_start: int | None = Field(None, description="time split: first test timestamp (default: 0.9 quantile)")
+
+    @model_validator(mode="after")
+    def _check(self) -> "PrepareSettings":
+        if self.valid_frac + self.test_frac >= 1.0:
+            raise ValueError(
+                f"valid_frac + test_frac must be < 1 so every user keeps a training event, "
+                f"got {self.valid_frac} + {self.test_frac}"
+            )
+        if self.valid_start is not None and self.test_start is not None and self.valid_start > self.test_start:
+            raise ValueError(f"valid_start ({self.valid_start}) must be <= test_start ({self.test_start})")
+        return self
+
+
+def cache_key(events: EventTable, settings: PrepareSettings) -> str:
+    """The key a prepared folder is reused under: source checksum + tasks + settings + format."""
+    payload = json.dumps(
+        {
+            "source_sha256": events.sha256,
+            "source": events.source,
+            "tasks": list(events.tasks),
+            "settings": settings.model_dump(mode="json"),
+            "format_version": FORMAT_VERSION,
+        },
+        sort_keys=True,
+    )
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def prepare(events: EventTable, out: Path | str, settings: PrepareSettings | None = None) -> PreparedData:
+    """Build and save the prepared dataset of `events` in `out`, or load it when `out` already
+    holds one made from the same source checksum and settings."""
+    settings = settings or PrepareSettings()
+    out = Path(out)
+    key = cache_key(events, settings)
+    meta_path = out / "meta.json"
+    if meta_path.is_file():
+        try:
+            cached_key = json.loads(meta_path.read_text()).get("cache_key")
+        except (json.JSONDecodeError, OSError, AttributeError):
+            cached_key = None
+        if cached_key == key:
+            try:
+                data = load_prepared(out)
+            except (DataError, OSError, pl.exceptions.PolarsError, KeyError) as err:
+                log.info("cached prepared data in %s is unreadable (%s); rebuilding", out, err)
+            else:
+                log.info("using cached prepared data in %s (cache key %s)", out, key[:12])
+                return data
+        # A stale meta.json must not survive a rebuild that is interrupted half-way.
+        meta_path.unlink()
+    start = time.perf_counter()
+    data, item_ids, user_ids = build_sequences(events, settings)
+    save_prepared(data, out, item_ids, user_ids)
+    log.info(
+        "prepared %s: %d users, %d items, %d events in %.1f s -> %s",
+        events.source, data.num_users, data.num_items, len(data.items), time.perf_counter() - start, out,
+    )
+    return data
+
+
+def build_sequences(
+    events: EventTable, settings: PrepareSettings | None = None
+) -> tuple[PreparedData, pl.DataFrame, pl.DataFrame]:
+    """Per-user, time-ordered, truncated and split sequences of `events`.
+
+    Returns `(data, item_ids, user_ids)`: `item_ids` (`item` int32 1..I, `item_id`) and
+    `user_ids` (`user` int32 1..U, `user_id`) map dense ids back to the source's ids.
+    """
+    settings = settings or PrepareSettings()
+    tasks = tuple(events.tasks)
+    frame = _checked_frame(events)
+    has_values = "action_value" in frame.columns
+    has_probs = all(f"prob_{t}" in frame.columns for t in tasks) and len(tasks) > 0
+    if has_values:
+        lowest = frame["action_value"].min()
+        if lowest is not None and lowest < 0:
+            row = int(frame["action_value"].arg_min())
+            raise DataError(f"{events.source}: event row {row}, column 'action_value': negative value {lowest}")
+
+    # Dense codes over all input ids (ascending original id); compacted after dropping rows.
+    frame = frame.with_columns(
+        pl.col("user_id").rank("dense").alias("_user"),
+        pl.col("item_id").rank("dense").alias("_item"),
+    )
+    # Stable sort: events of a user with equal timestamps keep their original row order.
+    frame = frame.sort(["_user", "timestamp"], maintain_order=True)
+
+    user = frame["_user"].to_numpy().astype(np.int64)  # [E], 1..U0, non-decreasing
+    timestamps = frame["timestamp"].to_numpy()
+    counts = np.bincount(user)  # [U0 + 1], counts[0] = 0
+    starts = np.cumsum(counts) - counts
+    # back = 0 for a user's most recent event, 1 for the one before, …
+    back = counts[user] - 1 - (np.arange(len(user)) - starts[user])
+    keep = back < settings.max_len
+    dropped: dict[str, int] = {}
+    _count(dropped, DROP_TRUNCATED, int(len(keep) - keep.sum()))
+
+    split_meta: dict
+    dropped_users: dict[str, int] = {}
+    if settings.split == "user":
+        kept_len = np.minimum(counts, settings.max_len)
+        n_test = np.floor(settings.test_frac * kept_len + _FLOOR_EPS).astype(np.int64)
+        n_eval = n_test + np.floor(settings.valid_frac * kept_len + _FLOOR_EPS).astype(np.int64)
+        split = np.where(back < n_test[user], SPLITS["test"], np.where(back < n_eval[user], SPLITS["valid"], SPLITS["train"]))
+        split = split.astype(np.int8)
+        split_meta = {"kind": "user", "valid_frac": settings.valid_frac, "test_frac": settings.test_frac}
+    else:
+        valid_start, test_start = _time_cutoffs(frame["timestamp"], settings, events.source)
+        split = np.full(len(user), SPLITS["train"], dtype=np.int8)
+        split[timestamps >= valid_start] = SPLITS["valid"]
+        split[timestamps >= test_start] = SPLITS["test"]
+        has_train = np.bincount(user[keep & (split == SPLITS["train"])], minlength=len(counts)) > 0
+        orphan = keep & ~has_train[user]
+        _count(dropped, DROP_NO_TRAIN, int(orphan.sum()))
+        n_orphan_users = int(np.count_nonzero((counts > 0) & ~has_train))
+        if n_orphan_users:
+            dropped_users[DROP_NO_TRAIN] = n_orphan_users
+        keep &= ~orphan
+        split_meta = {"kind": "time", "valid_start": valid_start, "test_start": test_start}
+    if not keep.any():
+        raise DataError(f"{events.source}: no events left after truncation and splitting ({dropped})")
+
+    user_ids, new_user = _compact_ids(frame["user_id"], user, keep, "user")
+    item_code = frame["_item"].to_numpy()
+    item_ids, new_item = _compact_ids(frame["item_id"], item_code, keep, "item")
+
+    kept_user = new_user[user[keep]]
+    offsets = np.zeros(len(user_ids) + 1, dtype=np.int64)
+    np.cumsum(np.bincount(kept_user, minlength=len(user_ids) + 1)[1:], out=offsets[1:])
+    num_events = int(offsets[-1])
+    labels = np.empty((num_events, len(tasks)), dtype=np.uint8)
+    for t, task in enumerate(tasks):
+        labels[:, t] = frame[task].to_numpy()[keep]
+    action_values = frame["action_value"].fill_null(0).to_numpy()[keep].astype(np.int16) if has_values else None
+    true_probs = None
+    if has_probs:
+        true_probs = np.empty((num_events, len(tasks)), dtype=np.float64)
+        for t, task in enumerate(tasks):
+            true_probs[:, t] = frame[f"prob_{task}"].to_numpy()[keep]
+
+    merged = dict(events.dropped)
+    for reason, rows in dropped.items():
+        _count(merged, reason, rows)
+    data = PreparedData(
+        offsets=offsets,
+        items=new_item[item_code[keep]].astype(np.int32),
+        timestamps=timestamps[keep].astype(np.int64),
+        labels=labels,
+        action_values=action_values,
+        split=split[keep],
+        true_probs=true_probs,
+        meta={
+            "format_version": FORMAT_VERSION,
+            "source": events.source,
+            "tasks": list(tasks),
+            "num_users": len(user_ids),
+            "num_items": len(item_ids),
+            "num_action_values": int(action_values.max()) + 1 if action_values is not None else 0,
+            "max_len": settings.max_len,
+            "split": split_meta,
+            "source_sha256": events.sha256,
+            "cache_key": cache_key(events, settings),
+            "dropped": merged,
+        },
+    )
+    data.meta["stats"] = compute_stats(data)
+    data.meta["stats"]["dropped_users"] = dropped_users
+    return data, item_ids, user_ids
+
+
+def compute_stats(data: PreparedData) -> dict:
+    """Summary numbers of a prepared dataset (stored as `meta["stats"]`).
+
+    Keys: `users`, `items`, `events`, `split_events` ({split: events}), `length` (min, p50, p90,
+    p99, max, mean of the per-user sequence length; quantiles are actual lengths, numpy's
+    "lower" method), `positive_rate` ({"all"|split: {task: rate}}, null for an empty split), and
+    on data with true probabilities `bayes_floor_loss` ({"all"|split: {"loss": mean over events
+    of the task-summed binary cross-entropy of the true probabilities, "tasks": {task: mean}}}).
+    """
+    split_names = list(SPLITS)  # index = split code
+    split_events = np.bincount(data.split, minlength=len(SPLITS)).astype(np.int64)
+    lengths = data.lengths
+    stats: dict = {
+        "users": data.num_users,
+        "items": data.num_items,
+        "events": int(len(data.items)),
+        "split_events": {name: int(split_events[code]) for code, name in enumerate(split_names)},
+    }
+    if len(lengths):
+        q = np.quantile(lengths, [0.5, 0.9, 0.99], method="lower")
+        stats["length"] = {
+            "min": int(lengths.min()), "p50": int(q[0]), "p90": int(q[1]), "p99": int(q[2]),
+            "max": int(lengths.max()), "mean": float(lengths.mean()),
+        }
+
+    def per_split(sums: np.ndarray) -> dict:
+        out = {"all": float(sums.sum() / split_events.sum()) if split_events.sum() else None}
+        for code, name in enumerate(split_names):
+            out[name] = float(sums[code] / split_events[code]) if split_events[code] else None
+        return out
+
+    rates = {task: per_split(np.bincount(data.split, weights=data.labels[:, t], minlength=len(SPLITS)))
+             for t, task in enumerate(data.tasks)}
+    stats["positive_rate"] = {key: {task: rates[task][key] for task in data.tasks} for key in ["all", *split_names]}
+
+    if data.true_probs is not None:
+        task_loss = {}
+        for t, task in enumerate(data.tasks):
+            p = np.clip(data.true_probs[:, t], 1e-12, 1 - 1e-12)
+            bce = np.where(data.labels[:, t] == 1, -np.log(p), -np.log1p(-p))
+            task_loss[task] = per_split(np.bincount(data.split, weights=bce, minlength=len(SPLITS)))
+        floor = {}
+        for key in ["all", *split_names]:
+            per_task = {task: task_loss[task][key] for task in data.tasks}
+            total = None if any(v is None for v in per_task.values()) else float(sum(per_task.values()))
+            floor[key] = {"loss": total, "tasks": per_task}
+        stats["bayes_floor_loss"] = floor
+    return stats
+
+
+def format_stats(meta: dict) -> str:
+    """A plain-text report of a prepared dataset's `meta` (counts, splits, rates, drops)."""
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+
+    stats = meta.get("stats", {})
+    tasks = list(meta.get("tasks", []))
+    split_names = list(SPLITS)
+
+    def num(value, digits: int = 4) -> str:
+        if value is None:
+            return "-"
+        return f"{value:,}" if isinstance(value, int) else f"{value:.{digits}f}"
+
+    overview = Table(title=f"prepared dataset: {meta.get('source', '?')}", box=box.SIMPLE, show_header=False)
+    overview.add_column("what")
+    overview.add_column("value", justify="right")
+    for label, key in [("users", "users"), ("items", "items"), ("events", "events")]:
+        overview.add_row(label, num(stats.get(key)))
+    overview.add_row("max_len", num(meta.get("max_len")))
+    split = meta.get("split", {})
+    overview.add_row("split", ", ".join(f"{k}={v}" for k, v in split.items()))
+    if "length" in stats:
+        ln = stats["length"]
+        overview.add_row(
+            "sequence length",
+            f"min {ln['min']}, p50 {ln['p50']}, p90 {ln['p90']}, p99 {ln['p99']}, max {ln['max']}, mean {ln['mean']:.1f}",
+        )
+
+    per_split = Table(title="per split (positive rate per task)", box=box.SIMPLE)
+    per_split.add_column("split")
+    per_split.add_column("events", justify="right")
+    for task in tasks:
+        per_split.add_column(task, justify="right")
+    floor = stats.get("bayes_floor_loss")
+    if floor:
+        per_split.add_column("bayes floor loss", justify="right")
+    split_events = stats.get("split_events", {})
+    rates = stats.get("positive_rate", {})
+    for key in ["all", *split_names]:
+        events = stats.get("events") if key == "all" else split_events.get(key)
+        row = [key, num(events)] + [num(rates.get(key, {}).get(task)) for task in tasks]
+        if floor:
+            row.append(num(floor.get(key, {}).get("loss")))
+        per_split.add_row(*row)
+
+    drops = Table(title="dropped rows", box=box.SIMPLE)
+    drops.add_column("reason")
+    drops.add_column("rows", justify="right")
+    dropped = meta.get("dropped", {})
+    for reason, rows in sorted(dropped.items(), key=lambda kv: -kv[1]):
+        drops.add_row(reason, num(rows))
+    if not dropped:
+        drops.add_row("none", "0")
+    for reason, users in stats.get("dropped_users", {}).items():
+        drops.add_row(f"(users dropped: {reason})", num(users))
+
+    console = Console(file=io.StringIO(), width=110, color_system=None, force_terminal=False)
+    for table in (overview, per_split, drops):
+        console.print(table)
+    return console.file.getvalue()
+
+
+def _checked_frame(events: EventTable) -> pl.DataFrame:
+    """The columns preparation reads, after one-line `DataError`s for anything malformed."""
+    frame, source, tasks = events.frame, events.source, tuple(events.tasks)
+    required = ["user_id", "item_id", "timestamp", *tasks]
+    for column in required:
+        if column not in frame.columns:
+            raise DataError(f"{source}: event table has no column {column!r}")
+    if frame.height == 0:
+        raise DataError(f"{source}: no events")
+    if not frame.schema["timestamp"].is_integer():
+        raise DataError(f"{source}: column 'timestamp' must hold integer seconds, got {frame.schema['timestamp']}")
+    optional = ["action_value"] if "action_value" in frame.columns else []
+    if tasks and all(f"prob_{t}" in frame.columns for t in tasks):
+        optional += [f"prob_{t}" for t in tasks]
+    frame = frame.select(required + optional)
+    nulls = frame.null_count().row(0, named=True)
+    for column in required + [c for c in optional if c != "action_value"]:
+        if nulls[column]:
+            row = int(frame[column].is_null().arg_true()[0])
+            raise DataError(f"{source}: event row {row}, column {column!r}: missing value")
+    for task in tasks:
+        col = frame[task]
+        if not (col.dtype.is_integer() or col.dtype == pl.Boolean):
+            raise DataError(f"{source}: column {task!r}: labels must be 0/1 integers, got {col.dtype}")
+        bad = (col.cast(pl.Int64) < 0) | (col.cast(pl.Int64) > 1)
+        if bad.any():
+            row = int(bad.arg_true()[0])
+            raise DataError(f"{source}: event row {row}, column {task!r}: label {col[row]} is not 0 or 1")
+    return frame.with_columns(pl.col("timestamp").cast(pl.Int64), *[pl.col(t).cast(pl.UInt8) for t in tasks])
+
+
+def _time_cutoffs(timestamps: pl.Series, settings: PrepareSettings, source: str) -> tuple[int, int]:
+    """(valid_start, test_start): the settings', else the 0.8 / 0.9 quantiles of all input
+    timestamps (the nearest actual timestamp)."""
+    valid_start = settings.valid_start
+    if valid_start is None:
+        valid_start = int(timestamps.quantile(0.8, interpolation="nearest"))
+    test_start = settings.test_start
+    if test_start is None:
+        test_start = int(timestamps.quantile(0.9, interpolation="nearest"))
+    if valid_start > test_start:
+        raise DataError(
+            f"{source}: time split needs valid_start <= test_start, got {valid_start} > {test_start} "
+            "(set both explicitly)"
+        )
+    return int(valid_start), int(test_start)
+
+
+def _compact_ids(
+    original: pl.Series, code: np.ndarray, keep: np.ndarray, name: str
+) -> tuple[pl.DataFrame, np.ndarray]:
+    """Renumber the codes of kept rows densely 1..K in code order.
+
+    Returns the id table (`name` int32 1..K, `name_id` original) and `new` with
+    `new[code] = dense id` for every kept code.
+    """
+    size = int(code.max()) + 1
+    present = np.zeros(size, dtype=bool)
+    present[code[keep]] = True
+    new = np.cumsum(present).astype(np.int64)
+    # Any one row per code names its original id (all rows of a code share it).
+    row_of = np.zeros(size, dtype=np.int64)
+    row_of[code] = np.arange(len(code))
+    kept_codes = np.flatnonzero(present)
+    table = pl.DataFrame(
+        {
+            name: np.arange(1, len(kept_codes) + 1, dtype=np.int32),
+            f"{name}_id": original.gather(row_of[kept_codes]),
+        }
+    )
+    return table, new
+
+
+def _count(counts: dict[str, int], reason: str, rows: int) -> None:
+    if rows:
+        counts[reason] = counts.get(reason, 0) + rows
+
+
+__all__ = [
+    "PrepareSettings",
+    "build_sequences",
+    "cache_key",
+    "compute_stats",
+    "format_stats",
+    "prepare",
+    "DROP_TRUNCATED",
+    "DROP_NO_TRAIN",
+]

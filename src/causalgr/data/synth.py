@@ -1,0 +1,400 @@
+"""Synthetic event data with a planted item→action causal chain (DESIGN.md §3).
+
+The generative story, per user u with events n = 1..N:
+
+- Items belong to `clusters`; item i has a unit latent vector `v_i` near its cluster's centre.
+- User u has a taste vector `w_u` (norm √D, so the *affinity* `x_ui = w_u · v_i` is roughly
+  standard normal over items) and a hidden per-cluster offset `δ_uc` that never touches which
+  items u sees: only u's own past actions reveal it.
+- The next item is drawn i.i.d. from `softmax_i(exposure_weight · x_ui + log popularity_i)`.
+- Task t's label is drawn with probability
+
+      p_nt = σ(α_t · (x_{u i_n} + δ_{u c(i_n)}) + β_t + γ_t · s_nt),
+
+  where `s_nt` is the planted causal term: a similarity-weighted average of u's earlier
+  centred actions of task t,
+
+      s_nt = Σ_{j<n} K(c_n, c_j) · z_jt / (Σ_{j<n} K(c_n, c_j) + prior_weight),
+      z_jt = (a_jt − r_t) / √(r_t (1 − r_t)),  r_t = σ(β_t),
+      K(c, c') = exp(similarity_sharpness · (cos(centre_c, centre_c') − 1)),
+
+  so `s_n1 = 0` and the prior weight acts as a "no evidence" slot. This is exactly softmax
+  attention over past actions with a null key, the structure `lfa`/`mvp` model directly.
+
+The stored `prob_<task>` is p_nt, so the Bayes floor (the loss of the true probabilities) is
+known. `reference_probabilities` recomputes p from the definition, one event at a time; the
+vectorised generator is tested against it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import polars as pl
+import pydantic
+import typer
+from pydantic import Field
+
+from causalgr.data.events import EventTable
+
+_DAY = 86_400
+# Exposure sampling holds a [users, items] float64 CDF per block; this bounds it to 32 MB.
+_EXPOSURE_BLOCK_ELEMENTS = 1 << 22
+# The action roll-out holds [users, clusters, tasks] running sums per block.
+_ROLLOUT_BLOCK_ELEMENTS = 1 << 23
+_PROB_EPS = 1e-6  # probabilities are clipped to [eps, 1 - eps] so every label has finite loss
+
+
+def _split_list(value: Any) -> Any:
+    """Accept "a,b,c" (as the CLI passes it) as well as a list/tuple or a single number."""
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    if isinstance(value, (int, float)):
+        return [value]
+    return value
+
+
+class SynthSettings(pydantic.BaseModel, extra="forbid"):
+    """Every knob of the synthetic generator; `causalgr data synth` has a flag for each."""
+
+    users: int = Field(2000, ge=1, description="number of users")
+    items: int = Field(1000, ge=1, description="number of items")
+    clusters: int = Field(20, ge=1, description="number of item clusters")
+    latent_dim: int = Field(16, ge=1, description="dimension of item and taste vectors")
+    item_spread: float = Field(0.3, ge=0, description="spread of item vectors around their cluster centre")
+    events_mean: float = Field(100.0, gt=0, description="mean events per user (lognormal before clipping)")
+    events_sigma: float = Field(0.5, ge=0, description="sigma of the lognormal events-per-user distribution")
+    events_min: int = Field(20, ge=1, description="fewest events per user")
+    events_max: int = Field(300, ge=1, description="most events per user")
+    tasks: tuple[str, ...] = Field(
+        ("click", "like", "share"), description='task names ("click,like,share") or a count'
+    )
+    alpha: tuple[float, ...] = Field((), description="per-task weight of the affinity (default 1.0)")
+    beta: tuple[float, ...] = Field((), description="per-task bias; sets the positive rates (default -1.5·t)")
+    gamma: tuple[float, ...] = Field((), description="per-task weight of the causal term s_n (default 1.5)")
+    exposure_weight: float = Field(1.5, description="how strongly affinity drives which items a user sees")
+    popularity_skew: float = Field(0.8, ge=0, description="Zipf exponent of item popularity")
+    taste_offset: float = Field(
+        0.3, ge=0, description="std of the hidden per-user, per-cluster offset that only actions reveal"
+    )
+    similarity_sharpness: float = Field(
+        5.0, ge=0, description="kernel exp(k·(cos−1)) between cluster centres that weights past actions"
+    )
+    prior_weight: float = Field(1.0, gt=0, description="weight of the 'no evidence' slot in s_n")
+    gap_median: float = Field(120.0, gt=0, description="median seconds between events in a session")
+    gap_sigma: float = Field(1.0, ge=0, description="lognormal sigma of the gaps")
+    session_prob: float = Field(0.1, ge=0, le=1, description="probability that a gap is a session break")
+    session_gap_median: float = Field(float(_DAY), gt=0, description="median seconds of a session break")
+    start_time: int = Field(1_600_000_000, ge=0, description="earliest first timestamp (seconds)")
+    seed: int = Field(0, ge=0, description="random seed")
+
+    @pydantic.model_validator(mode="before")
+    @classmethod
+    def _fill_task_parameters(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        tasks = _split_list(data.get("tasks", ("click", "like", "share")))
+        if isinstance(tasks, (list, tuple)) and len(tasks) == 1 and str(tasks[0]).isdigit():
+            tasks = [f"task{t}" for t in range(int(tasks[0]))]
+        data["tasks"] = tasks
+        count = len(tasks) if isinstance(tasks, (list, tuple)) else 0
+        defaults = {
+            "alpha": [1.0] * count,
+            "beta": [-1.5 * t for t in range(count)],
+            "gamma": [1.5] * count,
+        }
+        for name, default in defaults.items():
+            value = _split_list(data.get(name))
+            if value is None or (isinstance(value, (list, tuple)) and len(value) == 0):
+                value = default
+            elif isinstance(value, (list, tuple)) and len(value) == 1 and count > 1:
+                value = list(value) * count
+            data[name] = value
+        return data
+
+    @pydantic.model_validator(mode="after")
+    def _check(self) -> SynthSettings:
+        if not self.tasks:
+            raise ValueError("at least one task is needed")
+        if len(set(self.tasks)) != len(self.tasks):
+            raise ValueError(f"task names must be distinct, got {','.join(self.tasks)}")
+        for name in ("alpha", "beta", "gamma"):
+            values = getattr(self, name)
+            if len(values) != len(self.tasks):
+                raise ValueError(f"{name} has {len(values)} values for {len(self.tasks)} tasks")
+        if self.events_min > self.events_max:
+            raise ValueError(f"events_min {self.events_min} > events_max {self.events_max}")
+        if self.clusters > self.items:
+            raise ValueError(f"clusters {self.clusters} > items {self.items}: every cluster needs an item")
+        return self
+
+    def sha256(self) -> str:
+        """Checksum of the settings: identical settings generate identical data."""
+        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()
+
+
+@dataclass
+class SynthWorld:
+    """The latent structure behind the events; fixed by the settings' seed."""
+
+    item_vectors: np.ndarray  # [I, D] float32, unit norm
+    item_cluster: np.ndarray  # [I] int64
+    log_popularity: np.ndarray  # [I] float32
+    cluster_kernel: np.ndarray  # [C, C] float32, K(c, c'), 1 on the diagonal
+    taste: np.ndarray  # [U, D] float32, norm √D
+    offset: np.ndarray  # [U, C] float32, hidden per-cluster preference
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+def make_world(settings: SynthSettings) -> SynthWorld:
+    """Draw clusters, items, popularity and users from the seed (its own stream, independent of events)."""
+    s = settings
+    rng = np.random.default_rng([s.seed, 0])
+    dim = s.latent_dim
+    centres = _unit(rng.standard_normal((s.clusters, dim)))
+    # Every cluster gets items: a shuffled round-robin assignment.
+    item_cluster = rng.permutation(np.arange(s.items) % s.clusters)
+    noise = rng.standard_normal((s.items, dim)) / math.sqrt(dim)
+    item_vectors = _unit(centres[item_cluster] + s.item_spread * noise)
+    ranks = rng.permutation(s.items) + 1
+    log_popularity = -s.popularity_skew * np.log(ranks)
+    cluster_kernel = np.exp(s.similarity_sharpness * (centres @ centres.T - 1.0))
+    np.fill_diagonal(cluster_kernel, 1.0)
+    taste = math.sqrt(dim) * _unit(rng.standard_normal((s.users, dim)))
+    offset = s.taste_offset * rng.standard_normal((s.users, s.clusters))
+    return SynthWorld(
+        item_vectors=item_vectors.astype(np.float32),
+        item_cluster=item_cluster.astype(np.int64),
+        log_popularity=log_popularity.astype(np.float32),
+        cluster_kernel=cluster_kernel.astype(np.float32),
+        taste=taste.astype(np.float32),
+        offset=offset.astype(np.float32),
+    )
+
+
+def _task_constants(settings: SynthSettings) -> tuple[np.ndarray, ...]:
+    """α, β, γ [T] and the centring rate r_t and scale √(r_t(1−r_t)) of actions in s_n."""
+    alpha = np.asarray(settings.alpha, dtype=np.float32)
+    beta = np.asarray(settings.beta, dtype=np.float32)
+    gamma = np.asarray(settings.gamma, dtype=np.float32)
+    rate = 1.0 / (1.0 + np.exp(-beta))
+    scale = np.sqrt(rate * (1.0 - rate))
+    return alpha, beta, gamma, rate.astype(np.float32), scale.astype(np.float32)
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def reference_probabilities(
+    settings: SynthSettings, world: SynthWorld, user: int, items: np.ndarray, labels: np.ndarray
+) -> np.ndarray:
+    """p_nt for one user's sequence (0-based `user`, 0-based `items` [N], `labels` [N, T]), by the definition.
+
+    Plain O(N²) loops: the test oracle for `generate`, and the way to ask "what if an earlier
+    label had been different" (labels are taken as given, not drawn).
+    """
+    alpha, beta, gamma, rate, scale = (c.astype(np.float64) for c in _task_constants(settings))
+    clusters = world.item_cluster[items]
+    probs = np.zeros((len(items), len(settings.tasks)))
+    for n, item in enumerate(items):
+        c = clusters[n]
+        affinity = float(world.taste[user] @ world.item_vectors[item]) + world.offset[user, c]
+        weights = world.cluster_kernel[c, clusters[:n]].astype(np.float64)  # j < n only
+        centred = (labels[:n] - rate) / scale  # [n, T]
+        s = weights @ centred / (weights.sum() + settings.prior_weight)
+        logit = alpha * affinity + beta + gamma * s
+        probs[n] = np.clip(_sigmoid(logit), _PROB_EPS, 1.0 - _PROB_EPS)
+    return probs
+
+
+def _sample_lengths(settings: SynthSettings, rng: np.random.Generator) -> np.ndarray:
+    s = settings
+    mu = math.log(s.events_mean) - s.events_sigma**2 / 2  # so the unclipped mean is events_mean
+    raw = np.exp(mu + s.events_sigma * rng.standard_normal(s.users))
+    return np.clip(np.rint(raw), s.events_min, s.events_max).astype(np.int64)
+
+
+def _sample_items(
+    settings: SynthSettings, world: SynthWorld, users: np.ndarray, steps: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Items [b, steps] drawn i.i.d. per user from softmax(exposure_weight·x + log pop), and their affinity x."""
+    num_items = settings.items
+    items = np.empty((len(users), steps), dtype=np.int64)
+    affinity = np.empty((len(users), steps), dtype=np.float32)
+    block = max(1, _EXPOSURE_BLOCK_ELEMENTS // num_items)
+    for lo in range(0, len(users), block):
+        rows = users[lo : lo + block]
+        x = world.taste[rows] @ world.item_vectors.T  # [b, I]
+        logits = settings.exposure_weight * x + world.log_popularity
+        weights = np.exp(logits - logits.max(axis=1, keepdims=True), dtype=np.float64)
+        cdf = np.cumsum(weights, axis=1)
+        cdf /= cdf[:, -1:]
+        # One searchsorted for the whole block: shift row r's CDF (and its draws) up by r.
+        shift = np.arange(len(rows), dtype=np.float64)[:, None]
+        draws = rng.random((len(rows), steps)) + shift
+        flat = np.searchsorted((cdf + shift).ravel(), draws.ravel()).reshape(len(rows), steps)
+        picked = np.clip(flat - shift.astype(np.int64) * num_items, 0, num_items - 1)
+        items[lo : lo + len(rows)] = picked
+        affinity[lo : lo + len(rows)] = np.take_along_axis(x, picked, axis=1)
+    return items, affinity
+
+
+def _roll_out(
+    settings: SynthSettings,
+    world: SynthWorld,
+    users: np.ndarray,
+    items: np.ndarray,
+    affinity: np.ndarray,
+    lengths: np.ndarray,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Draw labels position by position for a block of users sorted by length (longest first).
+
+    Keeps running kernel-weighted sums per (user, cluster): after event j in cluster c_j,
+    `evidence[u, c] += K(c, c_j) · z_j` and `mass[u, c] += K(c, c_j)` for every c, so
+    s_n = evidence[u, c_n] / (mass[u, c_n] + prior_weight) covers exactly j < n.
+    """
+    alpha, beta, gamma, rate, scale = _task_constants(settings)
+    num_tasks = len(settings.tasks)
+    b, steps = items.shape
+    clusters = world.item_cluster[items]  # [b, N]
+    affinity = affinity + world.offset[users[:, None], clusters]  # hidden offset joins here
+    evidence = np.zeros((b, settings.clusters, num_tasks), dtype=np.float32)  # [b, C, T]
+    mass = np.zeros((b, settings.clusters), dtype=np.float32)  # [b, C]
+    probs = np.zeros((b, steps, num_tasks), dtype=np.float32)  # [b, N, T]
+    labels = np.zeros((b, steps, num_tasks), dtype=np.uint8)
+    draws = rng.random((b, steps, num_tasks), dtype=np.float32)
+    active_counts = (lengths[None, :] > np.arange(steps)[:, None]).sum(axis=1)
+    for n in range(steps):
+        m = int(active_counts[n])  # users are sorted by length: the first m are still going
+        rows = np.arange(m)
+        c = clusters[:m, n]
+        s = evidence[rows, c] / (mass[rows, c] + settings.prior_weight)[:, None]  # [m, T]
+        logit = alpha * affinity[:m, n, None] + beta + gamma * s
+        p = np.clip(_sigmoid(logit), _PROB_EPS, 1.0 - _PROB_EPS).astype(np.float32)
+        a = draws[:m, n] < p
+        probs[:m, n] = p
+        labels[:m, n] = a
+        kernel = world.cluster_kernel[c]  # [m, C]
+        evidence[:m] += kernel[:, :, None] * ((a - rate) / scale)[:, None, :]
+        mass[:m] += kernel
+    return probs, labels
+
+
+def _sample_timestamps(settings: SynthSettings, b: int, steps: int, rng: np.random.Generator) -> np.ndarray:
+    """[b, steps] int64 seconds, strictly increasing along each row."""
+    s = settings
+    start = s.start_time + rng.integers(0, 30 * _DAY, size=(b, 1))
+    median = np.where(rng.random((b, steps)) < s.session_prob, s.session_gap_median, s.gap_median)
+    gaps = np.maximum(1, np.rint(median * np.exp(s.gap_sigma * rng.standard_normal((b, steps)))))
+    gaps[:, 0] = 0
+    return start + np.cumsum(gaps.astype(np.int64), axis=1)
+
+
+def generate(settings: SynthSettings) -> EventTable:
+    """Draw the synthetic event table; `prob_<task>` holds the probability each label was drawn with.
+
+    Rows are user-major and time-ordered; `user_id` is 1..users, `item_id` 1..items (items never
+    drawn are absent). Deterministic for given settings; memory is bounded by processing users
+    in blocks.
+    """
+    world = make_world(settings)
+    rng = np.random.default_rng([settings.seed, 1])
+    lengths = _sample_lengths(settings, rng)
+    tasks = settings.tasks
+    block = max(64, min(8192, _ROLLOUT_BLOCK_ELEMENTS // (settings.clusters * len(tasks))))
+    parts: list[dict[str, np.ndarray]] = []
+    for lo in range(0, settings.users, block):
+        order = lo + np.argsort(-lengths[lo : lo + block], kind="stable")  # longest first
+        block_lengths = lengths[order]
+        steps = int(block_lengths[0])
+        items, affinity = _sample_items(settings, world, order, steps, rng)
+        probs, labels = _roll_out(settings, world, order, items, affinity, block_lengths, rng)
+        timestamps = _sample_timestamps(settings, len(order), steps, rng)
+        back = np.argsort(order)  # rows back to user order
+        valid = np.arange(steps)[None, :] < block_lengths[back][:, None]  # [b, N]
+        part = {
+            "user_id": np.repeat(order[back] + 1, block_lengths[back]),
+            "item_id": items[back][valid] + 1,
+            "timestamp": timestamps[back][valid],
+        }
+        for t, task in enumerate(tasks):
+            part[task] = labels[back][..., t][valid]
+            part[f"prob_{task}"] = probs[back][..., t][valid]
+        parts.append(part)
+    columns = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+    frame = pl.DataFrame(
+        {
+            "user_id": columns["user_id"].astype(np.int64),
+            "item_id": columns["item_id"].astype(np.int64),
+            "timestamp": columns["timestamp"].astype(np.int64),
+            **{task: columns[task].astype(np.uint8) for task in tasks},
+            **{f"prob_{task}": columns[f"prob_{task}"].astype(np.float64) for task in tasks},
+        }
+    )
+    return EventTable(frame=frame, tasks=tuple(tasks), source="synthetic", sha256=settings.sha256())
+
+
+_FIELDS = SynthSettings.model_fields
+
+
+def _help(name: str) -> str:
+    field = _FIELDS[name]
+    if field.default == ():  # per-task values whose default the description gives
+        return f"{field.description}; one value or one per task, comma-separated"
+    default = ",".join(map(str, field.default)) if isinstance(field.default, tuple) else field.default
+    return f"{field.description} [default: {default}]"
+
+
+def synth_command(
+    out: Path = typer.Option(..., "--out", help="folder for the prepared dataset"),
+    max_len: int = typer.Option(512, "--max-len", help="keep each user's most recent events"),
+    users: Optional[int] = typer.Option(None, help=_help("users"), show_default=False),
+    items: Optional[int] = typer.Option(None, help=_help("items"), show_default=False),
+    clusters: Optional[int] = typer.Option(None, help=_help("clusters"), show_default=False),
+    latent_dim: Optional[int] = typer.Option(None, help=_help("latent_dim"), show_default=False),
+    item_spread: Optional[float] = typer.Option(None, help=_help("item_spread"), show_default=False),
+    events_mean: Optional[float] = typer.Option(None, help=_help("events_mean"), show_default=False),
+    events_sigma: Optional[float] = typer.Option(None, help=_help("events_sigma"), show_default=False),
+    events_min: Optional[int] = typer.Option(None, help=_help("events_min"), show_default=False),
+    events_max: Optional[int] = typer.Option(None, help=_help("events_max"), show_default=False),
+    tasks: Optional[str] = typer.Option(None, help=_help("tasks"), show_default=False),
+    alpha: Optional[str] = typer.Option(None, help=_help("alpha"), show_default=False),
+    beta: Optional[str] = typer.Option(None, help=_help("beta"), show_default=False),
+    gamma: Optional[str] = typer.Option(None, help=_help("gamma"), show_default=False),
+    exposure_weight: Optional[float] = typer.Option(None, help=_help("exposure_weight"), show_default=False),
+    popularity_skew: Optional[float] = typer.Option(None, help=_help("popularity_skew"), show_default=False),
+    taste_offset: Optional[float] = typer.Option(None, help=_help("taste_offset"), show_default=False),
+    similarity_sharpness: Optional[float] = typer.Option(
+        None, help=_help("similarity_sharpness"), show_default=False
+    ),
+    prior_weight: Optional[float] = typer.Option(None, help=_help("prior_weight"), show_default=False),
+    gap_median: Optional[float] = typer.Option(None, help=_help("gap_median"), show_default=False),
+    gap_sigma: Optional[float] = typer.Option(None, help=_help("gap_sigma"), show_default=False),
+    session_prob: Optional[float] = typer.Option(None, help=_help("session_prob"), show_default=False),
+    session_gap_median: Optional[float] = typer.Option(None, help=_help("session_gap_median"), show_default=False),
+    start_time: Optional[int] = typer.Option(None, help=_help("start_time"), show_default=False),
+    seed: Optional[int] = typer.Option(None, help=_help("seed"), show_default=False),
+) -> None:
+    """Generate synthetic events with a planted causal chain and prepare them into OUT."""
+    from causalgr.data.sequences import PrepareSettings, format_stats, prepare
+
+    given = {name: value for name, value in locals().items() if name in _FIELDS and value is not None}
+    try:
+        settings = SynthSettings(**given)
+    except pydantic.ValidationError as err:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in err.errors())
+        raise typer.BadParameter(problems) from None
+    events = generate(settings)
+    prepared = prepare(events, Path(out), PrepareSettings(max_len=max_len))
+    typer.echo(format_stats(prepared.meta))
