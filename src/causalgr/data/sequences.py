@@ -229,6 +229,7 @@ def compute_stats(data: PreparedData) -> dict:
     "lower" method), `positive_rate` ({"all"|split: {task: rate}}, null for an empty split), and
     on data with true probabilities `bayes_floor_loss` ({"all"|split: {"loss": mean over events
     of the task-summed binary cross-entropy of the true probabilities, "tasks": {task: mean}}}).
+    `build_sequences` adds `dropped_users` ({reason: users}) beside these.
     """
     split_names = list(SPLITS)  # index = split code
     split_events = np.bincount(data.split, minlength=len(SPLITS)).astype(np.int64)

@@ -9,9 +9,10 @@ The generative story, per user u with events n = 1..N:
 - The next item is drawn i.i.d. from `softmax_i(exposure_weight · x_ui + log popularity_i)`.
 - Task t's label is drawn with probability
 
-      p_nt = σ(α_t · (x_{u i_n} + δ_{u c(i_n)}) + β_t + γ_t · s_nt),
+      p_nt = σ(α_t · (x_{u i_n} − x̄_u + δ_{u c(i_n)}) + β_t + γ_t · s_nt),
 
-  where `s_nt` is the planted causal term: a similarity-weighted average of u's earlier
+  with x̄_u the mean affinity of what u is shown (so positive rates stay near σ(β_t)), and
+  `s_nt` the planted causal term: a similarity-weighted average of u's earlier
   centred actions of task t,
 
       s_nt = Σ_{j<n} K(c_n, c_j) · z_jt / (Σ_{j<n} K(c_n, c_j) + prior_weight),
@@ -45,7 +46,8 @@ from causalgr.data.events import EventTable
 _DAY = 86_400
 # Exposure sampling holds a [users, items] float64 CDF per block; this bounds it to 32 MB.
 _EXPOSURE_BLOCK_ELEMENTS = 1 << 22
-# The action roll-out holds [users, clusters, tasks] running sums per block.
+# The action roll-out holds [users, clusters, tasks + 1] running sums and [users, events, tasks]
+# draws, probabilities and labels per block; this bounds each to 32 MB of float32.
 _ROLLOUT_BLOCK_ELEMENTS = 1 << 23
 _PROB_EPS = 1e-6  # probabilities are clipped to [eps, 1 - eps] so every label has finite loss
 
@@ -66,7 +68,7 @@ class SynthSettings(pydantic.BaseModel, extra="forbid"):
     items: int = Field(1000, ge=1, description="number of items")
     clusters: int = Field(20, ge=1, description="number of item clusters")
     latent_dim: int = Field(16, ge=1, description="dimension of item and taste vectors")
-    item_spread: float = Field(0.3, ge=0, description="spread of item vectors around their cluster centre")
+    item_spread: float = Field(0.2, ge=0, description="spread of item vectors around their cluster centre")
     events_mean: float = Field(100.0, gt=0, description="mean events per user (lognormal before clipping)")
     events_sigma: float = Field(0.5, ge=0, description="sigma of the lognormal events-per-user distribution")
     events_min: int = Field(20, ge=1, description="fewest events per user")
@@ -74,13 +76,13 @@ class SynthSettings(pydantic.BaseModel, extra="forbid"):
     tasks: tuple[str, ...] = Field(
         ("click", "like", "share"), description='task names ("click,like,share") or a count'
     )
-    alpha: tuple[float, ...] = Field((), description="per-task weight of the affinity (default 1.0)")
+    alpha: tuple[float, ...] = Field((), description="per-task weight of the affinity (default 0.7)")
     beta: tuple[float, ...] = Field((), description="per-task bias; sets the positive rates (default -1.5·t)")
     gamma: tuple[float, ...] = Field((), description="per-task weight of the causal term s_n (default 1.5)")
-    exposure_weight: float = Field(1.5, description="how strongly affinity drives which items a user sees")
+    exposure_weight: float = Field(2.0, description="how strongly affinity drives which items a user sees")
     popularity_skew: float = Field(0.8, ge=0, description="Zipf exponent of item popularity")
     taste_offset: float = Field(
-        0.3, ge=0, description="std of the hidden per-user, per-cluster offset that only actions reveal"
+        0.2, ge=0, description="std of the hidden per-user, per-cluster offset that only actions reveal"
     )
     similarity_sharpness: float = Field(
         5.0, ge=0, description="kernel exp(k·(cos−1)) between cluster centres that weights past actions"
@@ -105,7 +107,7 @@ class SynthSettings(pydantic.BaseModel, extra="forbid"):
         data["tasks"] = tasks
         count = len(tasks) if isinstance(tasks, (list, tuple)) else 0
         defaults = {
-            "alpha": [1.0] * count,
+            "alpha": [0.7] * count,
             "beta": [-1.5 * t for t in range(count)],
             "gamma": [1.5] * count,
         }
@@ -205,10 +207,12 @@ def reference_probabilities(
     """
     alpha, beta, gamma, rate, scale = (c.astype(np.float64) for c in _task_constants(settings))
     clusters = world.item_cluster[items]
+    x, exposure = _exposure(settings, world, np.array([user]))
+    centred_affinity = x[0] - _mean_shown_affinity(x, exposure)[0]
     probs = np.zeros((len(items), len(settings.tasks)))
     for n, item in enumerate(items):
         c = clusters[n]
-        affinity = float(world.taste[user] @ world.item_vectors[item]) + world.offset[user, c]
+        affinity = float(centred_affinity[item]) + world.offset[user, c]
         weights = world.cluster_kernel[c, clusters[:n]].astype(np.float64)  # j < n only
         centred = (labels[:n] - rate) / scale  # [n, T]
         s = weights @ centred / (weights.sum() + settings.prior_weight)
@@ -224,28 +228,54 @@ def _sample_lengths(settings: SynthSettings, rng: np.random.Generator) -> np.nda
     return np.clip(np.rint(raw), s.events_min, s.events_max).astype(np.int64)
 
 
+def _exposure(settings: SynthSettings, world: SynthWorld, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Affinity x [b, I] of `users` to every item, and each user's exposure distribution [b, I] (float64)."""
+    x = world.taste[users] @ world.item_vectors.T  # [b, I]
+    logits = settings.exposure_weight * x + world.log_popularity
+    weights = np.exp(logits - logits.max(axis=1, keepdims=True), dtype=np.float64)
+    return x, weights / weights.sum(axis=1, keepdims=True)
+
+
+def _mean_shown_affinity(x: np.ndarray, exposure: np.ndarray) -> np.ndarray:
+    """Each user's mean affinity over what they are shown [b]; the action logit uses x minus it.
+
+    Exposure favours liked items, so raw x of shown items sits well above 0; centring keeps
+    the positive rate of task t near σ(β_t) whatever `exposure_weight` is.
+    """
+    return np.einsum("bi,bi->b", exposure, x).astype(np.float32)
+
+
 def _sample_items(
-    settings: SynthSettings, world: SynthWorld, users: np.ndarray, steps: int, rng: np.random.Generator
+    settings: SynthSettings, world: SynthWorld, users: np.ndarray, lengths: np.ndarray, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Items [b, steps] drawn i.i.d. per user from softmax(exposure_weight·x + log pop), and their affinity x."""
+    """Items [b, max length] drawn i.i.d. per user from the exposure distribution, and their centred affinity.
+
+    `users` come sorted by `lengths`, longest first, so each sub-block draws only as many
+    items as its longest user needs; positions past a user's length are left 0.
+    """
     num_items = settings.items
-    items = np.empty((len(users), steps), dtype=np.int64)
-    affinity = np.empty((len(users), steps), dtype=np.float32)
+    steps = int(lengths[0])
+    items = np.zeros((len(users), steps), dtype=np.int64)
+    affinity = np.zeros((len(users), steps), dtype=np.float32)
     block = max(1, _EXPOSURE_BLOCK_ELEMENTS // num_items)
     for lo in range(0, len(users), block):
         rows = users[lo : lo + block]
-        x = world.taste[rows] @ world.item_vectors.T  # [b, I]
-        logits = settings.exposure_weight * x + world.log_popularity
-        weights = np.exp(logits - logits.max(axis=1, keepdims=True), dtype=np.float64)
-        cdf = np.cumsum(weights, axis=1)
+        width = int(lengths[lo])
+        x, exposure = _exposure(settings, world, rows)
+        cdf = np.cumsum(exposure, axis=1)
         cdf /= cdf[:, -1:]
-        # One searchsorted for the whole block: shift row r's CDF (and its draws) up by r.
+        # One searchsorted for the whole sub-block: shift row r's CDF (and its draws) up by r;
+        # sorted queries search faster, and the order is restored afterwards.
         shift = np.arange(len(rows), dtype=np.float64)[:, None]
-        draws = rng.random((len(rows), steps)) + shift
-        flat = np.searchsorted((cdf + shift).ravel(), draws.ravel()).reshape(len(rows), steps)
-        picked = np.clip(flat - shift.astype(np.int64) * num_items, 0, num_items - 1)
-        items[lo : lo + len(rows)] = picked
-        affinity[lo : lo + len(rows)] = np.take_along_axis(x, picked, axis=1)
+        draws = rng.random((len(rows), width)) + shift
+        order = np.argsort(draws, axis=1)
+        found = np.searchsorted((cdf + shift).ravel(), np.take_along_axis(draws, order, axis=1).ravel())
+        found = found.reshape(len(rows), width) - shift.astype(np.int64) * num_items
+        picked = np.empty_like(found)
+        np.put_along_axis(picked, order, np.clip(found, 0, num_items - 1), axis=1)
+        items[lo : lo + len(rows), :width] = picked
+        shown = np.take_along_axis(x, picked, axis=1) - _mean_shown_affinity(x, exposure)[:, None]
+        affinity[lo : lo + len(rows), :width] = shown
     return items, affinity
 
 
@@ -260,17 +290,16 @@ def _roll_out(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Draw labels position by position for a block of users sorted by length (longest first).
 
-    Keeps running kernel-weighted sums per (user, cluster): after event j in cluster c_j,
-    `evidence[u, c] += K(c, c_j) · z_j` and `mass[u, c] += K(c, c_j)` for every c, so
-    s_n = evidence[u, c_n] / (mass[u, c_n] + prior_weight) covers exactly j < n.
+    Keeps running per-(user, cluster) sums of centred actions and event counts over j < n, so
+    s_n = Σ_c K(c_n, c) · sums[u, c] / (Σ_c K(c_n, c) · counts[u, c] + prior_weight).
     """
     alpha, beta, gamma, rate, scale = _task_constants(settings)
     num_tasks = len(settings.tasks)
     b, steps = items.shape
     clusters = world.item_cluster[items]  # [b, N]
     affinity = affinity + world.offset[users[:, None], clusters]  # hidden offset joins here
-    evidence = np.zeros((b, settings.clusters, num_tasks), dtype=np.float32)  # [b, C, T]
-    mass = np.zeros((b, settings.clusters), dtype=np.float32)  # [b, C]
+    # [b, C, T + 1]: per task the sum of centred actions, and last the number of events.
+    history = np.zeros((b, settings.clusters, num_tasks + 1), dtype=np.float32)
     probs = np.zeros((b, steps, num_tasks), dtype=np.float32)  # [b, N, T]
     labels = np.zeros((b, steps, num_tasks), dtype=np.uint8)
     draws = rng.random((b, steps, num_tasks), dtype=np.float32)
@@ -279,15 +308,15 @@ def _roll_out(
         m = int(active_counts[n])  # users are sorted by length: the first m are still going
         rows = np.arange(m)
         c = clusters[:m, n]
-        s = evidence[rows, c] / (mass[rows, c] + settings.prior_weight)[:, None]  # [m, T]
+        pooled = np.matmul(world.cluster_kernel[c][:, None, :], history[:m])[:, 0]  # [m, T + 1]
+        s = pooled[:, :num_tasks] / (pooled[:, num_tasks:] + settings.prior_weight)  # [m, T]
         logit = alpha * affinity[:m, n, None] + beta + gamma * s
         p = np.clip(_sigmoid(logit), _PROB_EPS, 1.0 - _PROB_EPS).astype(np.float32)
         a = draws[:m, n] < p
         probs[:m, n] = p
         labels[:m, n] = a
-        kernel = world.cluster_kernel[c]  # [m, C]
-        evidence[:m] += kernel[:, :, None] * ((a - rate) / scale)[:, None, :]
-        mass[:m] += kernel
+        history[rows, c, :num_tasks] += (a - rate) / scale
+        history[rows, c, num_tasks] += 1.0
     return probs, labels
 
 
@@ -312,36 +341,34 @@ def generate(settings: SynthSettings) -> EventTable:
     rng = np.random.default_rng([settings.seed, 1])
     lengths = _sample_lengths(settings, rng)
     tasks = settings.tasks
-    block = max(64, min(8192, _ROLLOUT_BLOCK_ELEMENTS // (settings.clusters * len(tasks))))
-    parts: list[dict[str, np.ndarray]] = []
+    block = max(
+        64,
+        min(
+            _ROLLOUT_BLOCK_ELEMENTS // (settings.clusters * (len(tasks) + 1)),
+            _ROLLOUT_BLOCK_ELEMENTS // (settings.events_max * (len(tasks) + 1)),
+        ),
+    )
+    parts: list[pl.DataFrame] = []
     for lo in range(0, settings.users, block):
         order = lo + np.argsort(-lengths[lo : lo + block], kind="stable")  # longest first
         block_lengths = lengths[order]
         steps = int(block_lengths[0])
-        items, affinity = _sample_items(settings, world, order, steps, rng)
+        items, affinity = _sample_items(settings, world, order, block_lengths, rng)
         probs, labels = _roll_out(settings, world, order, items, affinity, block_lengths, rng)
         timestamps = _sample_timestamps(settings, len(order), steps, rng)
         back = np.argsort(order)  # rows back to user order
         valid = np.arange(steps)[None, :] < block_lengths[back][:, None]  # [b, N]
+        labels, probs = labels[back][valid], probs[back][valid]  # [events, T]
         part = {
-            "user_id": np.repeat(order[back] + 1, block_lengths[back]),
+            "user_id": np.repeat(order[back] + 1, block_lengths[back]).astype(np.int64),
             "item_id": items[back][valid] + 1,
             "timestamp": timestamps[back][valid],
+            **{task: labels[:, t] for t, task in enumerate(tasks)},
+            **{f"prob_{task}": probs[:, t].astype(np.float64) for t, task in enumerate(tasks)},
         }
-        for t, task in enumerate(tasks):
-            part[task] = labels[back][..., t][valid]
-            part[f"prob_{task}"] = probs[back][..., t][valid]
-        parts.append(part)
-    columns = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
-    frame = pl.DataFrame(
-        {
-            "user_id": columns["user_id"].astype(np.int64),
-            "item_id": columns["item_id"].astype(np.int64),
-            "timestamp": columns["timestamp"].astype(np.int64),
-            **{task: columns[task].astype(np.uint8) for task in tasks},
-            **{f"prob_{task}": columns[f"prob_{task}"].astype(np.float64) for task in tasks},
-        }
-    )
+        parts.append(pl.DataFrame(part))
+    # Blocks stay separate chunks: a rechunk would briefly hold the table twice.
+    frame = pl.concat(parts, rechunk=False)
     return EventTable(frame=frame, tasks=tuple(tasks), source="synthetic", sha256=settings.sha256())
 
 
@@ -353,7 +380,7 @@ def _help(name: str) -> str:
     if field.default == ():  # per-task values whose default the description gives
         return f"{field.description}; one value or one per task, comma-separated"
     default = ",".join(map(str, field.default)) if isinstance(field.default, tuple) else field.default
-    return f"{field.description} [default: {default}]"
+    return f"{field.description} (default {default})"
 
 
 def synth_command(
