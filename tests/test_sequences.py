@@ -226,7 +226,7 @@ def test_stats_on_hand_made_table():
     probs = [(0.5, 0.25)] * len(rows)
     data, _, _ = build_sequences(make_events(rows, probs=probs), PrepareSettings(valid_frac=0.2, test_frac=0.2))
     stats = data.meta["stats"]
-    assert stats == compute_stats(data) | {"dropped_users": {}}
+    assert stats == compute_stats(data) | {"dropped_users": {}, "source": {"events": 16, "users": 3, "items": 3}}
     assert (stats["users"], stats["items"], stats["events"]) == (3, 3, 16)
     # user 10: 6 train, 2 valid, 2 test; user 20: 1 train; user 30: 3 train, 1 valid, 1 test
     assert stats["split_events"] == {"train": 10, "valid": 3, "test": 3}

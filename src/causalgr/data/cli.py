@@ -1,5 +1,112 @@
-"""`causalgr data …` commands."""
+"""`causalgr data …` commands: fetch, prepare, stats and synth (each one import away)."""
 
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import List, Optional
+
+import pydantic
 import typer
 
+from causalgr.data.errors import DataError
+from causalgr.data.fetch import fetch_ml100k
+from causalgr.data.prepared import load_prepared
+from causalgr.data.sequences import PrepareSettings, format_stats, prepare
+from causalgr.data.sources import KUAIRAND_TASKS, SOURCES, load_source
+from causalgr.data.synth import synth_command
+
 app = typer.Typer(no_args_is_help=True, add_completion=False)
+app.command("synth")(synth_command)
+
+_DEFAULTS = {name: field.default for name, field in PrepareSettings.model_fields.items()}
+
+
+class Split(str, Enum):
+    user = "user"
+    time = "time"
+
+
+@app.command()
+def fetch(
+    dataset: str = typer.Argument(..., help="the dataset to download: ml-100k"),
+) -> None:
+    """Download a dataset into the cache (verified by checksum) and print its path."""
+    if dataset != "ml-100k":
+        raise DataError(f"cannot fetch {dataset!r}: only ml-100k is downloadable; other sources take --path")
+    typer.echo(str(fetch_ml100k()))
+
+
+@app.command("prepare")
+def prepare_command(
+    source: str = typer.Argument(..., help=f"one of: {', '.join(SOURCES)}"),
+    out: Path = typer.Option(..., "--out", help="folder for the prepared dataset"),
+    path: Optional[Path] = typer.Option(
+        None, "--path", help="the source's file or folder (ml-100k is fetched when left out)"
+    ),
+    max_len: int = typer.Option(_DEFAULTS["max_len"], "--max-len", help="keep each user's most recent events"),
+    split: Split = typer.Option(Split.user, "--split", help="user: last events of each user; time: global cut-offs"),
+    valid_frac: float = typer.Option(_DEFAULTS["valid_frac"], "--valid-frac", help="user split: validation share"),
+    test_frac: float = typer.Option(_DEFAULTS["test_frac"], "--test-frac", help="user split: test share"),
+    valid_start: Optional[int] = typer.Option(
+        None, "--valid-start", help="time split: first validation timestamp (default: the 0.8 quantile)"
+    ),
+    test_start: Optional[int] = typer.Option(
+        None, "--test-start", help="time split: first test timestamp (default: the 0.9 quantile)"
+    ),
+    task: Optional[List[str]] = typer.Option(
+        None,
+        "--task",
+        help="NAME=COLUMN (0/1 column) or NAME=COLUMN>=X (also > <= < == !=); repeat per task. "
+        "Defaults: MovieLens like=rating>=4, love=rating==5, dislike=rating<=2; KuaiRand its eight 0/1 columns "
+        f"({', '.join(KUAIRAND_TASKS)})",
+    ),
+    user_col: Optional[str] = typer.Option(None, "--user-col", help="recbole:/table: user column (default: user_id)"),
+    item_col: Optional[str] = typer.Option(None, "--item-col", help="recbole:/table: item column (default: item_id)"),
+    time_col: Optional[str] = typer.Option(
+        None, "--time-col", help="recbole:/table: timestamp column (default: timestamp)"
+    ),
+    action_value_col: Optional[str] = typer.Option(
+        None, "--action-value-col", help="recbole:/table: small-integer action value column (e.g. a rating)"
+    ),
+    time_format: Optional[str] = typer.Option(
+        None, "--time-format", help="recbole:/table: strftime format of date-time strings (default: inferred)"
+    ),
+    include_random: bool = typer.Option(
+        False, "--include-random", help="KuaiRand: add the log_random_* files to log_standard_*"
+    ),
+) -> None:
+    """Read SOURCE into events, build per-user sequences in OUT and print their statistics."""
+    try:
+        settings = PrepareSettings(
+            max_len=max_len,
+            split=split.value,
+            valid_frac=valid_frac,
+            test_frac=test_frac,
+            valid_start=valid_start,
+            test_start=test_start,
+        )
+    except pydantic.ValidationError as err:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in err.errors())
+        raise typer.BadParameter(problems) from None
+    events = load_source(
+        source,
+        path,
+        tasks=task or None,
+        user_col=user_col,
+        item_col=item_col,
+        time_col=time_col,
+        action_value_col=action_value_col,
+        time_format=time_format,
+        include_random=include_random,
+    )
+    data = prepare(events, out, settings)
+    typer.echo(format_stats(data.meta))
+
+
+@app.command()
+def stats(
+    directory: Path = typer.Argument(..., metavar="DIR", help="a prepared dataset folder"),
+) -> None:
+    """Print the statistics of a prepared dataset."""
+    typer.echo(format_stats(load_prepared(directory).meta))

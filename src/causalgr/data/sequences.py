@@ -218,6 +218,11 @@ def build_sequences(
     )
     data.meta["stats"] = compute_stats(data)
     data.meta["stats"]["dropped_users"] = dropped_users
+    data.meta["stats"]["source"] = {  # what the source held, before truncation and splitting
+        "events": len(user),
+        "users": len(counts) - 1,
+        "items": int(item_code.max()),
+    }
     return data, item_ids, user_ids
 
 
@@ -229,7 +234,8 @@ def compute_stats(data: PreparedData) -> dict:
     "lower" method), `positive_rate` ({"all"|split: {task: rate}}, null for an empty split), and
     on data with true probabilities `bayes_floor_loss` ({"all"|split: {"loss": mean over events
     of the task-summed binary cross-entropy of the true probabilities, "tasks": {task: mean}}}).
-    `build_sequences` adds `dropped_users` ({reason: users}) beside these.
+    `build_sequences` adds `dropped_users` ({reason: users}) and `source` (events, users and
+    items of the source, before truncation and splitting) beside these.
     """
     split_names = list(SPLITS)  # index = split code
     split_events = np.bincount(data.split, minlength=len(SPLITS)).astype(np.int64)
@@ -290,8 +296,11 @@ def format_stats(meta: dict) -> str:
     overview = Table(title=f"prepared dataset: {meta.get('source', '?')}", box=box.SIMPLE, show_header=False)
     overview.add_column("what")
     overview.add_column("value", justify="right")
-    for label, key in [("users", "users"), ("items", "items"), ("events", "events")]:
-        overview.add_row(label, num(stats.get(key)))
+    source = stats.get("source", {})
+    for key in ("events", "users", "items"):
+        overview.add_row(f"source {key}", num(source.get(key)))
+    for key in ("events", "users", "items"):
+        overview.add_row(f"kept {key}", num(stats.get(key)))
     overview.add_row("max_len", num(meta.get("max_len")))
     split = meta.get("split", {})
     overview.add_row("split", ", ".join(f"{k}={v}" for k, v in split.items()))
