@@ -1,7 +1,113 @@
-"""`causalgr train`, `evaluate`, `compare` and `bench`."""
+"""`causalgr train`, `evaluate` and `compare`: thin wrappers over `causalgr.training`."""
+
+from __future__ import annotations
+
+import json
+import shlex
+from pathlib import Path
+from typing import List, Optional
 
 import typer
+
+from causalgr.models.config import FORMULATIONS
+
+_SET_HELP = "override one config key, e.g. --set optim.lr=3e-3 (repeatable; the value is read as YAML)"
+
+
+def _metrics_table(title: str, result: dict):
+    """A rich table of one evaluation result (and its Bayes floor on synthetic data)."""
+    from rich.table import Table
+
+    from causalgr.training.report import format_number
+
+    table = Table(title=title)
+    for column in ("task", "log loss", "NE", "AUC", "GAUC", "positive rate"):
+        table.add_column(column, justify="left" if column == "task" else "right")
+    rows = [("", result)]
+    if result.get("bayes_floor"):
+        rows.append(("Bayes floor · ", result["bayes_floor"]))
+    for prefix, part in rows:
+        for task, m in part["tasks"].items():
+            table.add_row(prefix + task, format_number(m["logloss"]), format_number(m["ne"]), format_number(m["auc"]), format_number(m["gauc"]),
+                          format_number(m["positive_rate"]))
+        table.add_row(prefix + "sum (eval loss)", format_number(part["loss"]), "", "", "", "", end_section=True)
+    return table
 
 
 def register(app: typer.Typer) -> None:
     """Add the training commands to the top-level `causalgr` app."""
+
+    @app.command("train")
+    def train_command(
+        out: Path = typer.Option(..., "--out", help="run folder: config, metrics, checkpoints"),
+        config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config (default: built-in defaults)"),
+        overrides: List[str] = typer.Option([], "--set", help=_SET_HELP),
+        data: Optional[Path] = typer.Option(None, "--data", help="prepared dataset folder (same as --set data.path=…)"),
+        resume: bool = typer.Option(False, "--resume", help="continue the interrupted run in OUT (its saved config)"),
+    ) -> None:
+        """Train one model; writes OUT/config.yaml, metrics.jsonl, metrics.json and checkpoint/."""
+        from rich.console import Console
+
+        from causalgr.training.config import load_config
+        from causalgr.training.trainer import train
+
+        overrides = list(overrides) + ([f"data.path={data}"] if data is not None else [])
+        resolved = None if resume and config is None and not overrides else load_config(config, overrides)
+        result = train(resolved, out, resume=resume)
+        console = Console()
+        console.print(_metrics_table(f"test (best epoch {result['best_epoch']} of {result['epochs_run']})", result["test"]))
+        console.print(
+            f"valid loss {result['valid']['loss']:.5f} · test loss {result['test']['loss']:.5f} · "
+            f"{result['train_seconds']:.1f} s ({result['seconds_to_best']:.1f} s to best) · "
+            f"{result['train_events_per_second']:,.0f} events/s → {out / 'metrics.json'}"
+        )
+
+    @app.command("evaluate")
+    def evaluate_command(
+        run: Path = typer.Option(..., "--run", help="a run folder made by `causalgr train`"),
+        split: str = typer.Option("test", "--split", help="valid or test"),
+        batch_size: Optional[int] = typer.Option(None, "--batch-size", help="users per batch (default: the run's)"),
+        device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, …"),
+        json_out: Optional[Path] = typer.Option(None, "--json", help="also write the metrics to this JSON file"),
+    ) -> None:
+        """Streaming evaluation of a run's best checkpoint on the validation or test positions."""
+        from rich.console import Console
+
+        from causalgr.training.evaluate import evaluate_run
+        from causalgr.training.metrics import json_safe
+
+        result = json_safe(evaluate_run(run, split, batch_size, device))
+        Console().print(_metrics_table(f"{run} · {split} · {result['events']:,} events", result))
+        if json_out is not None:
+            json_out.write_text(json.dumps(result, indent=2) + "\n")
+
+    @app.command("compare")
+    def compare_command(
+        data: Path = typer.Option(..., "--data", help="prepared dataset folder"),
+        out: Path = typer.Option(..., "--out", help="comparison folder: runs/, results.json, report.md, plots"),
+        formulations: str = typer.Option(",".join(FORMULATIONS), "--formulations", help="comma-separated"),
+        backbone: str = typer.Option("hstu", "--backbone", help="hstu or softmax"),
+        seeds: str = typer.Option("0,1,2", "--seeds", help="comma-separated seeds (≥ 2 for intervals)"),
+        config: Optional[Path] = typer.Option(None, "--config", "-c", help="base YAML config shared by every run"),
+        overrides: List[str] = typer.Option([], "--set", help=_SET_HELP),
+    ) -> None:
+        """Every formulation × seed with the same budget, then results.json, report.md and plots.
+
+        Finished runs in OUT are skipped and an interrupted one is resumed, so a stopped compare
+        continues where it left off.
+        """
+        from causalgr.training.compare import compare, parse_list
+        from causalgr.training.config import load_config
+        from causalgr.training.report import print_summary
+
+        base = load_config(config, list(overrides))
+        words = ["causalgr", "compare", "--data", str(data), "--formulations", formulations, "--backbone", backbone,
+                 "--seeds", seeds, "--out", str(out)]
+        if config is not None:
+            words += ["--config", str(config)]
+        for item in overrides:
+            words += ["--set", item]
+        results = compare(data, parse_list(formulations), backbone, parse_list(seeds, int), out, base,
+                          command=shlex.join(words))
+        print_summary(results)
+        typer.echo(f"results: {out / 'results.json'} · report: {out / 'report.md'}")

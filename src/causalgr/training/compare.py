@@ -1,0 +1,276 @@
+"""The paper's experiment: formulations × seeds on one dataset, same budget, paired statistics.
+
+Every run gets the same config apart from `model.formulation` and `train.seed`: same model size,
+epoch cap, early-stopping rule, learning rate and schedule. Runs live in
+`OUT/runs/<formulation>-seed<k>/`; a finished run is skipped and an interrupted one resumed, so
+an interrupted `compare` continues where it stopped. `OUT/results.json` follows DESIGN.md §5.
+
+Definitions (also written into `results.json` under `definitions`):
+
+- relative improvement of a formulation: `(L_interleaved − L_model) / L_interleaved` on the
+  test loss (summed per-task log loss), paired by seed; mean and 95% Student-t interval over
+  seeds.
+- speedup: `train_events_per_second(model) / train_events_per_second(interleaved)`, paired by
+  seed. Every formulation sees the same events per epoch, so this is also the ratio of
+  training-step seconds per epoch (validation excluded).
+- training-time reduction: `(T_interleaved − T_model) / T_interleaved` on total wall-clock
+  training seconds (early stopping included), paired by seed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from causalgr.data.prepared import load_prepared
+from causalgr.models.config import BACKBONES, FORMULATIONS
+from causalgr.training.config import ConfigError, TrainConfig
+from causalgr.training.metrics import json_safe
+from causalgr.training.trainer import train
+
+log = logging.getLogger(__name__)
+
+BASELINE = "interleaved"
+
+DEFINITIONS = {
+    "loss": "test eval loss: sum over tasks of the mean log loss on the test positions (streaming evaluation)",
+    "rel_improvement": "(L_interleaved - L_model) / L_interleaved on test loss, paired by seed; > 0 is better",
+    "ci95": "mean +- t_{0.975, n-1} * sd / sqrt(n) over seeds (Student t); null with fewer than 2 seeds",
+    "speedup": "train_events_per_second(model) / train_events_per_second(interleaved), paired by seed "
+    "(= ratio of training-step seconds per epoch; validation excluded)",
+    "train_time_reduction": "(T_interleaved - T_model) / T_interleaved on total training wall seconds, paired by seed",
+    "train_events_per_second": "loss-carrying (item, action) events per second of training steps, whatever the token count",
+    "bayes_floor_loss": "test loss of the true label probabilities (synthetic data only)",
+    "config": "the config every run shares; model.formulation, model.backbone and train.seed are set per run",
+}
+
+
+def student_t_quantile(p: float, df: int) -> float:
+    """The `p` quantile (p > 0.5) of Student's t with `df` degrees of freedom.
+
+    Inverts the CDF by bisection; the CDF is 1/2 plus Simpson's rule over the density on [0, x].
+    """
+    if not 0.5 < p < 1.0 or df < 1:
+        raise ValueError(f"need 0.5 < p < 1 and df >= 1, got p={p}, df={df}")
+    log_norm = math.lgamma((df + 1) / 2) - math.lgamma(df / 2) - 0.5 * math.log(df * math.pi)
+
+    def cdf(x: float) -> float:
+        t = np.linspace(0.0, x, 4001)
+        pdf = np.exp(log_norm - (df + 1) / 2 * np.log1p(t * t / df))
+        h = x / 4000
+        return 0.5 + h / 3 * (pdf[0] + pdf[-1] + 4 * pdf[1:-1:2].sum() + 2 * pdf[2:-1:2].sum())
+
+    lo, hi = 0.0, 1.0
+    while cdf(hi) < p:
+        hi *= 2
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if cdf(mid) < p else (lo, mid)
+    return (lo + hi) / 2
+
+
+def mean_ci95(values: Sequence[float]) -> tuple[float, list[float] | None]:
+    """Mean of `values` and its 95% Student-t interval (None with fewer than 2 values)."""
+    x = np.asarray([v for v in values if v is not None and math.isfinite(v)], dtype=np.float64)
+    if len(x) == 0:
+        return math.nan, None
+    mean = float(x.mean())
+    if len(x) < 2:
+        return mean, None
+    half = student_t_quantile(0.975, len(x) - 1) * float(x.std(ddof=1)) / math.sqrt(len(x))
+    return mean, [mean - half, mean + half]
+
+
+def run_name(formulation: str, seed: int) -> str:
+    return f"{formulation}-seed{seed}"
+
+
+def run_config(base: TrainConfig, data_dir: Path | str, formulation: str, backbone: str, seed: int) -> TrainConfig:
+    """`base` with only what differs between the runs of a comparison set."""
+    return base.model_copy(
+        update={
+            "data": base.data.model_copy(update={"path": str(data_dir)}),
+            "model": base.model.model_copy(update={"formulation": formulation, "backbone": backbone}),
+            "train": base.train.model_copy(update={"seed": seed}),
+        }
+    )
+
+
+def _check_args(formulations: Sequence[str], backbone: str, seeds: Sequence[int]) -> None:
+    if not formulations:
+        raise ConfigError("compare: --formulations names none")
+    bad = [f for f in formulations if f not in FORMULATIONS]
+    if bad:
+        raise ConfigError(f"compare: unknown formulation '{bad[0]}' (choose from {', '.join(FORMULATIONS)})")
+    if len(set(formulations)) != len(formulations):
+        raise ConfigError("compare: --formulations repeats a formulation")
+    if backbone not in BACKBONES:
+        raise ConfigError(f"compare: unknown backbone '{backbone}' (choose from {', '.join(BACKBONES)})")
+    if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
+        raise ConfigError(f"compare: --seeds must be distinct non-negative integers, got {list(seeds)}")
+
+
+def compare(
+    data_dir: Path | str,
+    formulations: Sequence[str],
+    backbone: str,
+    seeds: Sequence[int],
+    out: Path | str,
+    base: TrainConfig | None = None,
+    command: str | None = None,
+) -> dict:
+    """Train every formulation × seed on `data_dir` into `out/runs/`, then write `out/results.json`,
+    `out/report.md` and the plots; returns the results dict."""
+    from causalgr.training.report import write_report
+
+    _check_args(formulations, backbone, seeds)
+    base = base or TrainConfig()
+    out = Path(out)
+    data = load_prepared(data_dir)
+    total = len(formulations) * len(seeds)
+    records = []
+    for formulation in formulations:
+        for seed in seeds:
+            name = run_name(formulation, seed)
+            run_dir = out / "runs" / name
+            done = (run_dir / "metrics.json").is_file()
+            log.info("[%d/%d] %s%s", len(records) + 1, total, name, " (finished, skipped)" if done else "")
+            config = run_config(base, data_dir, formulation, backbone, seed)
+            metrics = train(config, run_dir, resume=True, data=data)
+            history = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
+            records.append((name, metrics, history))
+    results = build_results(records, data.meta, base, backbone, formulations, seeds, data_dir, command)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(json_safe(results), indent=2) + "\n")
+    write_report(results, out)
+    return results
+
+
+def _run_entry(name: str, metrics: dict, history: list[dict]) -> dict:
+    strip = lambda split: {k: v for k, v in metrics[split].items() if k != "bayes_floor"}  # noqa: E731
+    return {
+        "formulation": metrics["formulation"],
+        "backbone": metrics["backbone"],
+        "seed": metrics["seed"],
+        "run_dir": f"runs/{name}",
+        "test": strip("test"),
+        "valid": strip("valid"),
+        "best_epoch": metrics["best_epoch"],
+        "epochs_run": metrics["epochs_run"],
+        "stopped_early": metrics["stopped_early"],
+        "train_seconds": metrics["train_seconds"],
+        "seconds_to_best": metrics["seconds_to_best"],
+        "train_events_per_second": metrics["train_events_per_second"],
+        "seconds_per_epoch": metrics["seconds_per_epoch"],
+        "num_parameters": metrics["num_parameters"],
+        "num_parameters_without_items": metrics["num_parameters_without_items"],
+        "valid_curve": [r["valid"]["loss"] for r in history],
+        "train_curve": [r["train_loss"] for r in history],
+    }
+
+
+def _paired(runs: list[dict], formulation: str, key) -> list[float]:
+    """`key(model_run, baseline_run)` for every seed that both have."""
+    baseline = {r["seed"]: r for r in runs if r["formulation"] == BASELINE}
+    return [key(r, baseline[r["seed"]]) for r in runs if r["formulation"] == formulation and r["seed"] in baseline]
+
+
+def summarize(runs: list[dict], formulations: Sequence[str], tasks: Sequence[str], floor_loss: float | None) -> list[dict]:
+    """One summary row per formulation over its seeds (DESIGN.md §5 `summary`)."""
+    summary = []
+    for formulation in formulations:
+        mine = [r for r in runs if r["formulation"] == formulation]
+        loss_mean, loss_ci = mean_ci95([r["test"]["loss"] for r in mine])
+        rel = _paired(runs, formulation, lambda m, b: (b["test"]["loss"] - m["test"]["loss"]) / b["test"]["loss"])
+        speed = _paired(runs, formulation, lambda m, b: m["train_events_per_second"] / b["train_events_per_second"])
+        time_cut = _paired(runs, formulation, lambda m, b: (b["train_seconds"] - m["train_seconds"]) / b["train_seconds"])
+        rel_mean, rel_ci = mean_ci95(rel) if rel else (None, None)
+        speed_mean, speed_ci = mean_ci95(speed) if speed else (None, None)
+        cut_mean, cut_ci = mean_ci95(time_cut) if time_cut else (None, None)
+        per_task = {}
+        for task in tasks:
+            row = {}
+            for metric in ("logloss", "ne", "auc", "gauc"):
+                mean, ci = mean_ci95([r["test"]["tasks"][task][metric] for r in mine])
+                row[f"{metric}_mean"], row[f"{metric}_ci95"] = mean, ci
+            per_task[task] = row
+        mean_of = lambda key: float(np.mean([r[key] for r in mine]))  # noqa: E731
+        summary.append({
+            "formulation": formulation,
+            "backbone": mine[0]["backbone"],
+            "seeds": len(mine),
+            "loss_mean": loss_mean,
+            "loss_std": float(np.std([r["test"]["loss"] for r in mine], ddof=1)) if len(mine) > 1 else None,
+            "loss_ci95": loss_ci,
+            "valid_loss_mean": float(np.mean([r["valid"]["loss"] for r in mine])),
+            "rel_improvement_mean": rel_mean,
+            "rel_improvement_ci95": rel_ci,
+            "speedup_mean": speed_mean,
+            "speedup_ci95": speed_ci,
+            "train_time_reduction_mean": cut_mean,
+            "train_time_reduction_ci95": cut_ci,
+            "train_seconds_mean": mean_of("train_seconds"),
+            "seconds_to_best_mean": mean_of("seconds_to_best"),
+            "seconds_per_epoch_mean": mean_of("seconds_per_epoch"),
+            "train_events_per_second_mean": mean_of("train_events_per_second"),
+            "best_epoch_mean": mean_of("best_epoch"),
+            "num_parameters": mine[0]["num_parameters"],
+            "num_parameters_without_items": mine[0]["num_parameters_without_items"],
+            "tasks": per_task,
+            "bayes_floor_loss": floor_loss,
+        })
+    return summary
+
+
+def build_results(
+    records: list[tuple[str, dict, list[dict]]],
+    meta: dict,
+    base: TrainConfig,
+    backbone: str,
+    formulations: Sequence[str],
+    seeds: Sequence[int],
+    data_dir: Path | str,
+    command: str | None,
+) -> dict:
+    """The `results.json` dict from the finished runs' `metrics.json` and `metrics.jsonl`."""
+    runs = [_run_entry(name, metrics, history) for name, metrics, history in records]
+    floor = records[0][1]["test"].get("bayes_floor") if records else None
+    tasks = list(meta["tasks"])
+    first = records[0][1]
+    return {
+        "command": command,
+        "data": {
+            "path": str(data_dir),
+            "source": meta.get("source"),
+            "tasks": tasks,
+            "num_users": meta.get("num_users"),
+            "num_items": meta.get("num_items"),
+            "stats": meta.get("stats"),
+        },
+        "backbone": backbone,
+        "formulations": list(formulations),
+        "seeds": list(seeds),
+        "config": {**base.to_dict(), "data": {**base.data.model_dump(mode="json"), "path": str(data_dir)}},
+        "device": first["device"],
+        "torch_threads": first["torch_threads"],
+        "bayes_floor": floor,
+        "bayes_floor_valid": records[0][1]["valid"].get("bayes_floor") if records else None,
+        "definitions": DEFINITIONS,
+        "runs": runs,
+        "summary": summarize(runs, formulations, tasks, floor["loss"] if floor else None),
+    }
+
+
+def parse_list(text: str, kind=str) -> list:
+    """`"a,b,c"` → ['a', 'b', 'c'] (or ints with `kind=int`); a clear error on a bad item."""
+    items = [part.strip() for part in text.split(",") if part.strip()]
+    try:
+        return [kind(item) for item in items]
+    except ValueError:
+        raise ConfigError(f"compare: cannot read {text!r} as a comma-separated list of {kind.__name__}") from None
+

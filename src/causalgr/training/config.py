@@ -1,0 +1,216 @@
+"""`TrainConfig`: everything one training run depends on, read from YAML plus `--set` overrides.
+
+A config file has four sections (every key optional, unknown keys rejected)::
+
+    data:  {path, batch_size, eval_batch_size}
+    model: {formulation, backbone, dim, layers, heads, dropout, max_len, ...}
+    optim: {lr, weight_decay, betas, eps, grad_clip, warmup, schedule, min_lr_ratio}
+    train: {epochs, patience, min_delta, seed, device, threads, task_weights, deterministic, progress}
+
+`--set optim.lr=3e-3` overrides one key; the value is read as a YAML scalar (or flow list).
+Mistakes raise `ConfigError`, one line naming the key, e.g. `config: unknown key 'optim.lrr'`.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import pydantic
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from causalgr.data.errors import DataError
+from causalgr.models.config import BACKBONES, FORMULATIONS, ModelConfig
+
+
+class ConfigError(DataError):
+    """A bad training config or override; one line, printed by the CLI as `error: …` (exit 2)."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataSection(_Section):
+    path: str | None = Field(None, description="prepared dataset folder (`causalgr data prepare/synth --out`)")
+    batch_size: int = Field(32, ge=1, description="users per training batch")
+    eval_batch_size: int = Field(64, ge=1, description="users per evaluation batch")
+
+
+class ModelSection(_Section):
+    formulation: Literal[FORMULATIONS] = "interleaved"  # type: ignore[valid-type]
+    backbone: Literal[BACKBONES] = "hstu"  # type: ignore[valid-type]
+    dim: int = Field(64, ge=1)
+    layers: int = Field(2, ge=1)
+    heads: int = Field(2, ge=1)
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    max_len: int | None = Field(None, ge=1, description="longest history; null = the prepared data's max_len")
+    time_buckets: int = Field(32, ge=1)
+    pool_heads: int = Field(2, ge=1)
+    mvp_pool_readout: bool = True
+    action_norm: bool = True
+    attention: Literal["auto", "reference"] = "auto"
+
+    @model_validator(mode="after")
+    def _divisible(self) -> "ModelSection":
+        if self.dim % self.heads or self.dim % self.pool_heads:
+            raise ValueError(f"dim {self.dim} must be divisible by heads {self.heads} and pool_heads {self.pool_heads}")
+        return self
+
+
+class OptimSection(_Section):
+    lr: float = Field(1e-3, gt=0.0, description="peak learning rate of AdamW")
+    weight_decay: float = Field(0.01, ge=0.0)
+    betas: tuple[float, float] = (0.9, 0.98)
+    eps: float = Field(1e-8, gt=0.0)
+    grad_clip: float = Field(1.0, ge=0.0, description="max global gradient norm; 0 = no clipping")
+    warmup: float = Field(0.05, ge=0.0, lt=1.0, description="share of the planned steps spent warming up linearly")
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    min_lr_ratio: float = Field(0.1, ge=0.0, le=1.0, description="final lr of the decay as a share of lr")
+
+
+class TrainSection(_Section):
+    epochs: int = Field(20, ge=1, description="epoch cap; the lr schedule spans all of them")
+    patience: int = Field(3, ge=1, description="stop after this many epochs without a better validation loss")
+    min_delta: float = Field(0.0, ge=0.0, description="improvement smaller than this does not count")
+    seed: int = Field(0, ge=0)
+    device: str = Field("auto", description="'auto' (cuda when available, else cpu), 'cpu', 'cuda', 'cuda:1', …")
+    threads: int = Field(0, ge=0, description="torch CPU threads; 0 = one per core")
+    task_weights: dict[str, float] = Field(default_factory=dict, description="loss weight per task (default 1)")
+    deterministic: bool = Field(True, description="ask torch for deterministic kernels")
+    progress: bool = Field(True, description="show progress bars")
+
+
+class TrainConfig(_Section):
+    data: DataSection = Field(default_factory=DataSection)
+    model: ModelSection = Field(default_factory=ModelSection)
+    optim: OptimSection = Field(default_factory=OptimSection)
+    train: TrainSection = Field(default_factory=TrainSection)
+
+    def model_config_for(self, meta: dict) -> ModelConfig:
+        """The `ModelConfig` of this run on a prepared dataset with meta `meta`."""
+        m = self.model
+        return ModelConfig(
+            formulation=m.formulation,
+            backbone=m.backbone,
+            num_items=int(meta["num_items"]),
+            tasks=tuple(meta["tasks"]),
+            dim=m.dim,
+            layers=m.layers,
+            heads=m.heads,
+            max_len=m.max_len or int(meta["max_len"]),
+            dropout=m.dropout,
+            num_action_values=int(meta.get("num_action_values", 0)),
+            time_buckets=m.time_buckets,
+            pool_heads=m.pool_heads,
+            mvp_pool_readout=m.mvp_pool_readout,
+            action_norm=m.action_norm,
+            attention=m.attention,
+        )
+
+    def to_dict(self) -> dict:
+        return self.model_dump(mode="json")
+
+
+def _all_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
+    keys = []
+    for name, field in model.model_fields.items():
+        keys.append(prefix + name)
+        if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+            keys += _all_keys(field.annotation, prefix + name + ".")
+    return keys
+
+
+def _format_error(err: pydantic.ValidationError, source: str) -> str:
+    """The first problem of a validation error as one line."""
+    first = err.errors()[0]
+    key = ".".join(str(part) for part in first["loc"])
+    where = f"config ({source})" if source else "config"
+    if first["type"] == "extra_forbidden":
+        close = difflib.get_close_matches(key, _all_keys(TrainConfig), n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        message = f"{where}: unknown key '{key}'{hint}"
+    else:
+        got = first.get("input")
+        detail = first["msg"].removeprefix("Value error, ")
+        message = f"{where}: {key or 'config'}: {detail}" + ("" if isinstance(got, dict) else f" (got {got!r})")
+    more = len(err.errors()) - 1
+    return message + (f"; and {more} more problem{'s' * (more > 1)}" if more else "")
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`'optim.lr=3e-3'` → (['optim', 'lr'], 0.003): the key path and the value read as YAML."""
+    key, sep, raw = text.partition("=")
+    path = key.strip().split(".")
+    if not sep or not all(path):
+        raise ConfigError(f"config: --set expects key.sub=value, got {text!r}")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        raise ConfigError(f"config: --set {key.strip()}: cannot read value {raw!r} as YAML") from None
+    return path, value
+
+
+def apply_overrides(raw: dict, overrides: Sequence[str]) -> dict:
+    """A copy of the nested dict `raw` with every `key.sub=value` override set."""
+    result = _deep_copy(raw)
+    for text in overrides:
+        path, value = parse_override(text)
+        node = result
+        for depth, part in enumerate(path[:-1]):
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"config: --set {text!r}: '{'.'.join(path[: depth + 1])}' is not a section")
+            node = child
+        node[path[-1]] = value
+    return result
+
+
+def _deep_copy(raw: dict) -> dict:
+    return {k: _deep_copy(v) if isinstance(v, dict) else v for k, v in raw.items()}
+
+
+def validate_config(raw: dict, source: str = "") -> TrainConfig:
+    """Build a `TrainConfig` from a nested dict; `ConfigError` naming the first bad key."""
+    try:
+        return TrainConfig.model_validate(raw)
+    except pydantic.ValidationError as err:
+        raise ConfigError(_format_error(err, source)) from None
+
+
+def read_config_file(path: Path | str) -> dict:
+    """The nested dict of a YAML config file (empty file = all defaults)."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except OSError as err:
+        raise ConfigError(f"config: cannot read {path}: {err.strerror}") from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"config: {path}{where}: not valid YAML ({getattr(err, 'problem', err)})") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config: {path}: expected a mapping of sections, got {type(raw).__name__}")
+    return raw
+
+
+def load_config(path: Path | str | None = None, overrides: Sequence[str] = ()) -> TrainConfig:
+    """Defaults, then the YAML file at `path` (if any), then the `--set` overrides, validated."""
+    raw = read_config_file(path) if path is not None else {}
+    config = validate_config(raw, str(path) if path is not None else "")
+    return validate_config(apply_overrides(raw, overrides), "--set") if overrides else config
+
+
+def with_overrides(config: TrainConfig, overrides: Sequence[str]) -> TrainConfig:
+    """`config` with `key.sub=value` overrides applied, validated again."""
+    return validate_config(apply_overrides(config.to_dict(), overrides), "--set")
+
+
+def save_config(config: TrainConfig, path: Path | str) -> None:
+    """Write the resolved config as YAML (it loads back to an equal `TrainConfig`)."""
+    Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))

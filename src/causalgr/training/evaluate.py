@@ -1,0 +1,81 @@
+"""Streaming evaluation of a model on the validation or test positions (DESIGN.md §3–§4)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_model
+
+from causalgr.data.errors import DataError
+from causalgr.data.loader import SequenceLoader
+from causalgr.data.prepared import PreparedData, load_prepared
+from causalgr.models import build_model
+from causalgr.training.config import TrainConfig, read_config_file, validate_config
+from causalgr.training.metrics import MetricAccumulator
+
+
+@torch.inference_mode()
+def evaluate(
+    model: torch.nn.Module,
+    data: PreparedData,
+    split: str = "test",
+    batch_size: int = 64,
+    device: torch.device | str | None = None,
+    bayes_floor: bool = True,
+) -> dict:
+    """Metrics of `model` on the evaluated positions of `split` ("valid" or "test").
+
+    Each user's row holds the full history up to the end of the split, so an evaluated position
+    sees every earlier event, including the true actions of earlier evaluated positions. Returns
+    `loss` (summed per-task log loss), `events`, `tasks.<task>.{logloss, ne, auc, gauc,
+    positive_rate}`, and on synthetic data (with `bayes_floor`) the same for the true
+    probabilities under `bayes_floor`. Leaves the model in eval mode.
+    """
+    if device is None:
+        device = next(model.parameters()).device
+    model.eval()
+    tasks = data.tasks
+    accumulator = MetricAccumulator(tasks)
+    for batch in SequenceLoader(data, split, batch_size=batch_size):
+        if not bayes_floor:
+            batch.true_probs = None
+        batch = batch.to(device)
+        accumulator.update(model(batch).float(), batch)  # logits [B, N, T]
+    result = accumulator.compute()
+    if not bayes_floor:
+        result.pop("bayes_floor", None)
+    return result
+
+
+def resolve_device(name: str) -> torch.device:
+    """`"auto"` is cuda when available, else cpu; anything else is passed to `torch.device`."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise DataError(f"config: train.device: unknown device {name!r}") from None
+
+
+def load_run(run_dir: Path | str, weights: str = "best", device: str = "auto") -> tuple[torch.nn.Module, TrainConfig, PreparedData]:
+    """The model of a training run folder (its `best` or latest `model` weights), its config and data."""
+    run_dir = Path(run_dir)
+    config_path = run_dir / "config.yaml"
+    weights_path = run_dir / "checkpoint" / f"{weights}.safetensors"
+    if not config_path.is_file() or not weights_path.is_file():
+        raise DataError(f"{run_dir}: not a training run (no config.yaml or checkpoint/{weights}.safetensors)")
+    config = validate_config(read_config_file(config_path), str(config_path))
+    data = load_prepared(config.data.path)
+    model = build_model(config.model_config_for(data.meta))
+    load_model(model, str(weights_path), device="cpu")
+    return model.to(resolve_device(device)), config, data
+
+
+def evaluate_run(run_dir: Path | str, split: str = "test", batch_size: int | None = None, device: str = "auto") -> dict:
+    """`evaluate` on the best checkpoint of a training run folder."""
+    if split not in ("valid", "test"):
+        raise DataError(f"split must be 'valid' or 'test', got {split!r}")
+    model, config, data = load_run(run_dir, device=device)
+    return evaluate(model, data, split, batch_size or config.data.eval_batch_size)
+

@@ -1,0 +1,396 @@
+"""One training run: AdamW, warm-up + decay, early stopping, checkpoints, exact resume (DESIGN.md §4).
+
+A run folder `OUT` holds:
+
+- `config.yaml`: the resolved `TrainConfig`;
+- `metrics.jsonl`: one line per finished epoch (train loss, lr, timings, validation metrics);
+- `checkpoint/model.safetensors` + `checkpoint/state.pt`: the state at the end of the last
+  finished epoch (weights, optimizer, scheduler, RNG states of torch/numpy/python, epoch, best
+  loss, early-stopping counter, timings), each file written atomically after every epoch; resume
+  reads `state.pt` alone, so a kill between the two writes cannot mix epochs;
+- `checkpoint/best.safetensors`: the weights of the best validation epoch;
+- `metrics.json`: when the run is done, the best epoch's validation metrics, the test metrics
+  of the best weights and the timings; `curves.png`: training and validation loss per epoch.
+
+Everything random is seeded and its state checkpointed at epoch ends, so a run stopped at any
+point and continued with `resume=True` ends with the same metrics as an uninterrupted one.
+
+Timing definitions: `train_seconds` is wall-clock time of the epochs (training steps and the
+per-epoch validation), summed over resumed sessions; `seconds_to_best` the same up to the end of
+the best epoch; `train_events_per_second` the loss-carrying events (one (item, action) pair each,
+whatever the token count) per second of the training passes alone (batching, forward, backward,
+optimizer; validation excluded); `seconds_per_epoch` the mean seconds of one training pass.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_model, save_model
+from tqdm.auto import tqdm
+
+from causalgr.data.loader import SequenceLoader
+from causalgr.data.prepared import PreparedData, load_prepared
+from causalgr.models import build_model
+from causalgr.training.config import ConfigError, TrainConfig, read_config_file, save_config, validate_config
+from causalgr.training.evaluate import evaluate, resolve_device
+from causalgr.training.loss import ranking_loss
+from causalgr.training.metrics import json_safe
+from causalgr.training.report import plot_run_curves
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT = "checkpoint"
+
+
+def lr_factor(step: int, total_steps: int, warmup: float, schedule: str, min_lr_ratio: float) -> float:
+    """Multiplier of the peak lr at optimizer step `step` (0-based): linear warm-up, then decay."""
+    warmup_steps = math.ceil(warmup * total_steps)
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if schedule == "constant":
+        return 1.0
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    if schedule == "cosine":
+        return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+    return min_lr_ratio + (1.0 - min_lr_ratio) * (1.0 - progress)
+
+
+def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices and embedding tables only (not on biases or norms)."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+    o = config.optim
+    return torch.optim.AdamW(
+        [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=o.lr, betas=o.betas, eps=o.eps,
+    )
+
+
+def _rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+@contextmanager
+def _torch_settings(threads: int, deterministic: bool):
+    """Thread count and determinism for the run, restored afterwards (they are process-wide)."""
+    old_threads = torch.get_num_threads()
+    old_deterministic = torch.are_deterministic_algorithms_enabled()
+    old_warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    if threads:
+        torch.set_num_threads(threads)
+    if deterministic:  # cuBLAS needs this to be deterministic; harmless on CPU
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old_threads)
+        torch.use_deterministic_algorithms(old_deterministic, warn_only=old_warn_only)
+
+
+def _atomic_write(path: Path, write) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def _prepare_out_dir(config: TrainConfig | None, out: Path, resume: bool) -> TrainConfig:
+    """Check `out` against `resume` and return the config to run (the saved one when resuming)."""
+    saved_path = out / "config.yaml"
+    started = (out / CHECKPOINT / "state.pt").is_file() or (out / "metrics.json").is_file()
+    if not resume:
+        if started:
+            raise ConfigError(f"{out}: already holds a training run; pass --resume to continue it or choose a new --out")
+        if config is None:
+            raise ConfigError("train: a config is needed to start a new run")
+        return config
+    if not saved_path.is_file():
+        if config is None:
+            raise ConfigError(f"{out}: nothing to resume (no config.yaml)")
+        return config
+    saved = validate_config(read_config_file(saved_path), str(saved_path))
+    if config is not None:
+        mine, theirs = _flat(config.to_dict()), _flat(saved.to_dict())
+        ignored = {"train.progress"}
+        changed = sorted(k for k in mine.keys() | theirs.keys() if k not in ignored and mine.get(k) != theirs.get(k))
+        if changed:
+            key = changed[0]
+            raise ConfigError(
+                f"{out}: --resume with a different config ({key}: {theirs.get(key)!r} in the run, {mine.get(key)!r} now)"
+            )
+        saved = saved.model_copy(update={"train": saved.train.model_copy(update={"progress": config.train.progress})})
+    return saved
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[prefix + key] = value
+    return flat
+
+
+def _read_history(path: Path, last_epoch: int) -> list[dict]:
+    """The per-epoch records of `metrics.jsonl` up to `last_epoch` (later ones belong to a lost epoch)."""
+    if not path.is_file():
+        return []
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r for r in records if r["epoch"] <= last_epoch]
+
+
+def train(
+    config: TrainConfig | None,
+    out_dir: Path | str,
+    resume: bool = False,
+    stop_after_epochs: int | None = None,
+    data: PreparedData | None = None,
+) -> dict:
+    """Train the model `config` describes into `out_dir` and return the final `metrics.json` dict.
+
+    `resume=True` continues the run in `out_dir` from its last finished epoch (or starts it when
+    there is none; `config` may then be None to reuse the saved one). `stop_after_epochs` ends
+    this call after that many epochs, leaving a resumable checkpoint: the return value is then
+    `{"status": "stopped", "epoch": …}` and no `metrics.json` is written. `data` skips loading
+    the prepared dataset named in the config (it must be that dataset).
+    """
+    out = Path(out_dir)
+    config = _prepare_out_dir(config, out, resume)
+    if (out / "metrics.json").is_file():
+        return json.loads((out / "metrics.json").read_text())
+    if data is None:
+        if config.data.path is None:
+            raise ConfigError("config: data.path is required (a folder made by `causalgr data prepare` or `data synth`)")
+        data = load_prepared(config.data.path)
+    unknown = sorted(set(config.train.task_weights) - set(data.tasks))
+    if unknown:
+        raise ConfigError(f"config: train.task_weights: unknown task '{unknown[0]}' (the data has {', '.join(data.tasks)})")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / CHECKPOINT).mkdir(exist_ok=True)
+    save_config(config, out / "config.yaml")
+    with _torch_settings(config.train.threads, config.train.deterministic):
+        return _Run(config, data, out).fit(stop_after_epochs)
+
+
+class _Run:
+    """The state of one training run between epochs."""
+
+    def __init__(self, config: TrainConfig, data: PreparedData, out: Path) -> None:
+        self.config, self.data, self.out = config, data, out
+        self.device = resolve_device(config.train.device)
+        t = config.train
+        _seed_everything(t.seed)
+        self.model_config = config.model_config_for(data.meta)
+        self.model = build_model(self.model_config).to(self.device)
+        self.train_loader = SequenceLoader(data, "train", batch_size=config.data.batch_size, shuffle=True, seed=t.seed)
+        if self.train_loader.num_events == 0:
+            raise ConfigError(f"{config.data.path}: the training split has no events")
+        self.optimizer = make_optimizer(self.model, config)
+        total_steps = t.epochs * len(self.train_loader)
+        o = config.optim
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda step: lr_factor(step, total_steps, o.warmup, o.schedule, o.min_lr_ratio)
+        )
+        self.task_weights = [t.task_weights.get(task, 1.0) for task in data.tasks]
+        self.epoch = 0
+        self.best_loss = math.inf
+        self.best_epoch = 0
+        self.bad_epochs = 0
+        self.stopped_early = False
+        self.elapsed = 0.0  # wall seconds of finished epochs, over all sessions
+        self.step_seconds = 0.0  # seconds of training steps only
+        self.train_events = 0
+        self.seconds_to_best = 0.0
+        self.history: list[dict] = []
+        if (out / CHECKPOINT / "state.pt").is_file():
+            self._load_checkpoint()
+
+    # --- checkpoints -------------------------------------------------------------------------
+
+    def _state(self) -> dict:
+        return {
+            # The weights again, so that state.pt alone is consistent if a kill lands between two writes.
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "rng": _rng_state(),
+            "epoch": self.epoch,
+            "best_loss": self.best_loss,
+            "best_epoch": self.best_epoch,
+            "bad_epochs": self.bad_epochs,
+            "stopped_early": self.stopped_early,
+            "elapsed": self.elapsed,
+            "step_seconds": self.step_seconds,
+            "train_events": self.train_events,
+            "seconds_to_best": self.seconds_to_best,
+        }
+
+    def _save_checkpoint(self, improved: bool) -> None:
+        folder = self.out / CHECKPOINT
+        if improved:
+            _atomic_write(folder / "best.safetensors", lambda p: save_model(self.model, str(p)))
+        _atomic_write(folder / "model.safetensors", lambda p: save_model(self.model, str(p)))
+        _atomic_write(folder / "state.pt", lambda p: torch.save(self._state(), p))
+
+    def _load_checkpoint(self) -> None:
+        folder = self.out / CHECKPOINT
+        state = torch.load(folder / "state.pt", map_location="cpu", weights_only=False)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        _set_rng_state(state["rng"])
+        for key in ("epoch", "best_loss", "best_epoch", "bad_epochs", "stopped_early", "elapsed",
+                    "step_seconds", "train_events", "seconds_to_best"):
+            setattr(self, key, state[key])
+        self.history = _read_history(self.out / "metrics.jsonl", self.epoch)
+        (self.out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in self.history))
+        log.info("%s: resuming after epoch %d (best valid loss %.5f at epoch %d)",
+                 self.out, self.epoch, self.best_loss, self.best_epoch)
+
+    # --- the loop ------------------------------------------------------------------------------
+
+    def _train_epoch(self) -> tuple[float, int, float]:
+        """One pass over the training split: (mean loss per event, events, step seconds)."""
+        model, t = self.model, self.config.train
+        model.train()
+        self.train_loader.set_epoch(self.epoch)
+        loss_sum, events, seconds = 0.0, 0, 0.0
+        bar = tqdm(
+            self.train_loader, desc=f"{self.out.name} epoch {self.epoch}/{t.epochs}",
+            disable=not t.progress, leave=False, unit="batch", dynamic_ncols=True,
+        )
+        start = time.perf_counter()
+        for batch in bar:
+            batch = batch.to(self.device)
+            logits = model(batch)  # [B, N, T]
+            loss = ranking_loss(logits, batch.labels, batch.loss_mask, self.task_weights)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if self.config.optim.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), self.config.optim.grad_clip)
+            self.optimizer.step()
+            self.scheduler.step()
+            n = int(batch.loss_mask.sum())
+            loss_sum += loss.item() * n  # .item() syncs, so the time below is real on GPU too
+            seconds = time.perf_counter() - start  # batching, forward, backward and optimizer steps
+            events += n
+            bar.set_postfix(loss=f"{loss_sum / max(events, 1):.4f}", ev_s=f"{events / max(seconds, 1e-9):,.0f}")
+        return loss_sum / max(events, 1), events, seconds
+
+    def fit(self, stop_after_epochs: int | None) -> dict:
+        t = self.config.train
+        epochs_this_call = 0
+        while not self.stopped_early and self.epoch < t.epochs:
+            if stop_after_epochs is not None and epochs_this_call >= stop_after_epochs:
+                return {"status": "stopped", "epoch": self.epoch}
+            epoch_start = time.perf_counter()
+            self.epoch += 1
+            lr = self.optimizer.param_groups[0]["lr"]
+            train_loss, events, step_seconds = self._train_epoch()
+            valid = evaluate(self.model, self.data, "valid", self.config.data.eval_batch_size, self.device,
+                             bayes_floor=False)
+            self.model.train()
+            epoch_seconds = time.perf_counter() - epoch_start
+            self.elapsed += epoch_seconds
+            self.step_seconds += step_seconds
+            self.train_events += events
+            improved = valid["loss"] < self.best_loss - t.min_delta
+            if improved:
+                self.best_loss, self.best_epoch, self.bad_epochs = valid["loss"], self.epoch, 0
+                self.seconds_to_best = self.elapsed
+            else:
+                self.bad_epochs += 1
+                self.stopped_early = self.bad_epochs >= t.patience
+            record = {
+                "epoch": self.epoch,
+                "lr": lr,
+                "train_loss": train_loss,
+                "train_events": events,
+                "train_step_seconds": step_seconds,
+                "train_events_per_second": events / max(step_seconds, 1e-9),
+                "epoch_seconds": epoch_seconds,
+                "elapsed_seconds": self.elapsed,
+                "valid": valid,
+                "best": improved,
+            }
+            self.history.append(record)
+            # The record goes first: a resume drops records past the checkpoint's epoch, never misses one.
+            with open(self.out / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(json_safe(record)) + "\n")
+            self._save_checkpoint(improved)
+            log.info(
+                "%s epoch %d: train %.5f  valid %.5f%s  %.1f s  %.0f ev/s",
+                self.out.name, self.epoch, train_loss, valid["loss"], " *" if improved else "",
+                epoch_seconds, record["train_events_per_second"],
+            )
+            epochs_this_call += 1
+        return self._finish()
+
+    def _finish(self) -> dict:
+        load_model(self.model, str(self.out / CHECKPOINT / "best.safetensors"), device=str(self.device))
+        batch_size = self.config.data.eval_batch_size
+        valid = evaluate(self.model, self.data, "valid", batch_size, self.device)
+        test = evaluate(self.model, self.data, "test", batch_size, self.device)
+        epochs_run = self.epoch
+        result = {
+            "formulation": self.model_config.formulation,
+            "backbone": self.model_config.backbone,
+            "seed": self.config.train.seed,
+            "best_epoch": self.best_epoch,
+            "epochs_run": epochs_run,
+            "stopped_early": self.stopped_early,
+            "valid": valid,
+            "test": test,
+            "train_seconds": self.elapsed,
+            "seconds_to_best": self.seconds_to_best,
+            "train_events_per_second": self.train_events / max(self.step_seconds, 1e-9),
+            "seconds_per_epoch": self.step_seconds / max(epochs_run, 1),
+            "train_events_per_epoch": self.train_loader.num_events,
+            "num_parameters": sum(p.numel() for p in self.model.parameters()),
+            "num_parameters_without_items": sum(
+                p.numel() for name, p in self.model.named_parameters() if not name.startswith("items.")
+            ),
+            "device": str(self.device),
+            "torch_threads": torch.get_num_threads(),
+            "data": {
+                "path": self.config.data.path,
+                "source": self.data.meta.get("source"),
+                "num_users": self.data.num_users,
+                "num_items": self.data.num_items,
+                "tasks": list(self.data.tasks),
+            },
+            "model": self.model_config.to_dict(),
+        }
+        result = json_safe(result)
+        _atomic_write(self.out / "metrics.json", lambda p: p.write_text(json.dumps(result, indent=2) + "\n"))
+        plot_run_curves(self.history, self.out / "curves.png",
+                        f"{self.model_config.formulation} · {self.model_config.backbone} · seed {self.config.train.seed}")
+        return result

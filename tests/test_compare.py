@@ -1,0 +1,148 @@
+"""`causalgr compare` end to end on tiny synthetic data, and the paired statistics behind it."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+from typer.testing import CliRunner
+
+from causalgr.cli import app
+from causalgr.data.errors import DataError
+from causalgr.data.sequences import PrepareSettings, prepare
+from causalgr.data.synth import SynthSettings, generate
+from causalgr.training.compare import compare, mean_ci95, summarize
+from causalgr.training.report import PLOTS
+
+TASKS = ("like", "share")
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    out = tmp_path_factory.mktemp("data") / "tiny"
+    events = generate(SynthSettings(users=40, items=30, clusters=3, events_mean=15, events_min=8, events_max=24,
+                                    tasks=TASKS, seed=5))
+    prepare(events, out, PrepareSettings(max_len=24))
+    return out
+
+
+SETS = ["model.dim=8", "model.layers=1", "train.epochs=2", "data.batch_size=20", "train.progress=false", "train.threads=1"]
+
+
+def test_compare_end_to_end_writes_the_contract(tiny_data, tmp_path):
+    out = tmp_path / "cmp"
+    args = ["compare", "--data", str(tiny_data), "--formulations", "interleaved,lfa", "--backbone", "hstu",
+            "--seeds", "0,1", "--out", str(out)]
+    for item in SETS:
+        args += ["--set", item]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "Bayes" in result.output
+
+    results = json.loads((out / "results.json").read_text())
+    runs = results["runs"]
+    assert sorted((r["formulation"], r["seed"]) for r in runs) == [
+        ("interleaved", 0), ("interleaved", 1), ("lfa", 0), ("lfa", 1)
+    ]
+    for r in runs:
+        assert r["backbone"] == "hstu"
+        assert isinstance(r["test"]["loss"], float) and r["test"]["loss"] > 0
+        for task in TASKS:
+            assert set(r["test"]["tasks"][task]) >= {"logloss", "ne", "auc", "gauc"}
+        assert r["train_seconds"] > 0 and r["train_events_per_second"] > 0
+        assert len(r["valid_curve"]) == r["epochs_run"] <= 2
+        assert (out / r["run_dir"] / "metrics.json").is_file()
+        # The run's own metrics.json agrees with what results.json reports.
+        own = json.loads((out / r["run_dir"] / "metrics.json").read_text())
+        assert own["test"]["loss"] == r["test"]["loss"] and own["model"]["dim"] == 8
+
+    summary = {s["formulation"]: s for s in results["summary"]}
+    assert set(summary) == {"interleaved", "lfa"}
+    floor = results["bayes_floor"]["loss"]
+    by = {(r["formulation"], r["seed"]): r for r in runs}
+    rel = [(by["interleaved", s]["test"]["loss"] - by["lfa", s]["test"]["loss"]) / by["interleaved", s]["test"]["loss"]
+           for s in (0, 1)]
+    speed = [by["lfa", s]["train_events_per_second"] / by["interleaved", s]["train_events_per_second"] for s in (0, 1)]
+    for name, s in summary.items():
+        for key in ("loss_mean", "rel_improvement_mean", "rel_improvement_ci95", "speedup_mean", "bayes_floor_loss"):
+            assert key in s, key
+        assert s["bayes_floor_loss"] == floor
+        assert s["loss_mean"] == pytest.approx(sum(by[name, k]["test"]["loss"] for k in (0, 1)) / 2)
+    assert summary["interleaved"]["rel_improvement_mean"] == 0.0 and summary["interleaved"]["speedup_mean"] == 1.0
+    lfa = summary["lfa"]
+    assert lfa["rel_improvement_mean"] == pytest.approx(sum(rel) / 2)
+    low, high = lfa["rel_improvement_ci95"]
+    assert low < lfa["rel_improvement_mean"] < high
+    assert lfa["speedup_mean"] == pytest.approx(sum(speed) / 2)
+
+    report = (out / "report.md").read_text()
+    assert report.count("Bayes floor") >= 2 and "causalgr compare --data" in report
+    for name in PLOTS:
+        path = out / name
+        assert path.is_file() and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert f"]({name})" in report
+
+    # Running it again skips the finished runs (their files stay untouched) and gives the same table.
+    stamps = {r["run_dir"]: (out / r["run_dir"] / "metrics.json").stat().st_mtime_ns for r in runs}
+    again = CliRunner().invoke(app, args)
+    assert again.exit_code == 0, again.output
+    assert {d: (out / d / "metrics.json").stat().st_mtime_ns for d in stamps} == stamps
+    assert json.loads((out / "results.json").read_text())["summary"] == results["summary"]
+
+
+def test_compare_continues_an_interrupted_run_and_rejects_a_changed_budget(tiny_data, tmp_path):
+    from causalgr.training.config import load_config
+    from causalgr.training.trainer import train
+
+    base = load_config(None, SETS)
+    out = tmp_path / "cmp"
+    # A compare that was stopped inside its only run, after one of two epochs.
+    from causalgr.training.compare import run_config
+
+    train(run_config(base, tiny_data, "lagged", "softmax", 0), out / "runs" / "lagged-seed0", stop_after_epochs=1)
+    results = compare(tiny_data, ["lagged"], "softmax", [0], out, base)
+    (run,) = results["runs"]
+    assert run["epochs_run"] == 2 and run["backbone"] == "softmax"
+    summary = results["summary"][0]
+    assert summary["rel_improvement_mean"] is None and summary["rel_improvement_ci95"] is None  # no baseline
+    assert summary["loss_ci95"] is None  # one seed: no interval
+    changed = load_config(None, SETS + ["optim.lr=0.01"])
+    with pytest.raises(DataError, match="different config"):
+        compare(tiny_data, ["lagged"], "softmax", [0], out, changed)
+
+
+@pytest.mark.parametrize(
+    "formulations,backbone,seeds,message",
+    [
+        (["interleaved", "bert"], "hstu", [0], "unknown formulation 'bert'"),
+        (["lfa", "lfa"], "hstu", [0], "repeats"),
+        (["lfa"], "rnn", [0], "unknown backbone 'rnn'"),
+        (["lfa"], "hstu", [], "--seeds"),
+    ],
+)
+def test_bad_arguments(tiny_data, tmp_path, formulations, backbone, seeds, message):
+    with pytest.raises(DataError, match=message):
+        compare(tiny_data, formulations, backbone, seeds, tmp_path / "cmp")
+
+
+def test_mean_ci95_and_paired_summary_by_hand():
+    mean, ci = mean_ci95([1.0, 2.0, 3.0])  # sd 1, t_{0.975, 2} = 4.3027
+    assert mean == 2.0 and ci == pytest.approx([2 - 4.3027 / math.sqrt(3), 2 + 4.3027 / math.sqrt(3)], abs=1e-3)
+    assert mean_ci95([5.0]) == (5.0, None)
+
+    def run(formulation, seed, loss, rate, seconds):
+        tasks = {t: {"logloss": loss / 2, "ne": 0.9, "auc": 0.7, "gauc": 0.6} for t in TASKS}
+        return {"formulation": formulation, "backbone": "hstu", "seed": seed, "test": {"loss": loss, "tasks": tasks},
+                "valid": {"loss": loss}, "train_events_per_second": rate, "train_seconds": seconds,
+                "seconds_to_best": seconds, "seconds_per_epoch": seconds / 4, "best_epoch": 3,
+                "num_parameters": 10, "num_parameters_without_items": 5}
+
+    runs = [run("interleaved", 0, 1.0, 100.0, 10.0), run("interleaved", 1, 2.0, 200.0, 20.0),
+            run("mvp", 1, 1.5, 300.0, 10.0), run("mvp", 0, 0.9, 150.0, 8.0)]
+    (base, mvp) = summarize(runs, ["interleaved", "mvp"], TASKS, None)
+    assert mvp["rel_improvement_mean"] == pytest.approx((0.1 + 0.25) / 2)  # paired by seed, not by order
+    assert mvp["speedup_mean"] == pytest.approx(1.5)
+    assert mvp["train_time_reduction_mean"] == pytest.approx((0.2 + 0.5) / 2)
+    assert base["rel_improvement_mean"] == 0.0 and mvp["bayes_floor_loss"] is None
+    assert mvp["tasks"]["like"]["ne_mean"] == pytest.approx(0.9)
