@@ -70,7 +70,8 @@ def test_earlier_actions_reach_position_n(formulation, backbone, case):
     with torch.no_grad():
         before = model(batch)[0, n]
         after = model(replace(batch, labels=labels, action_values=values))[0, n]
-    assert (after - before).abs().max() > 1e-4, "logits at n ignore the actions before n"
+    # A model that ignores actions computes bit-identical logits; float32 noise is far below 1e-6.
+    assert (after - before).abs().max() > 1e-6, "logits at n ignore the actions before n"
 
 
 @pytest.mark.parametrize("formulation,backbone", CASES)
@@ -130,4 +131,4 @@ def test_mvp_without_pool_readout_still_causal(backbone):
     with torch.no_grad():
         before, after = model(batch), model(change_from(batch, 4, seed=3))
     torch.testing.assert_close(after[0, :5], before[0, :5], atol=ATOL, rtol=0)
-    assert (after[0, 5:9] - before[0, 5:9]).abs().max() > 1e-4
+    assert (after[0, 5:9] - before[0, 5:9]).abs().max() > 1e-6
