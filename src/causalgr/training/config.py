@@ -46,7 +46,7 @@ class ModelSection(_Section):
     dim: int = Field(64, ge=1)
     layers: int = Field(2, ge=1)
     heads: int = Field(2, ge=1)
-    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    dropout: float = Field(0.2, ge=0.0, lt=1.0)
     max_len: int | None = Field(None, ge=1, description="longest history; null = the prepared data's max_len")
     time_buckets: int = Field(32, ge=1)
     pool_heads: int = Field(2, ge=1)
