@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from causalgr.models.attention import pointwise_attention, softmax_attention, strict_pooling
+from causalgr.models.kernels import BiasTables, softmax_diagonal
 
 shapes = st.tuples(st.integers(1, 3), st.integers(1, 3), st.integers(1, 40), st.sampled_from([4, 8]))
 
@@ -39,17 +40,41 @@ def test_softmax_attention(shape, seed, mvp):
     )
 
 
-@settings(max_examples=25, deadline=None)
-@given(shape=shapes, seed=st.integers(0, 1000), mvp=st.booleans())
-def test_pointwise_attention(shape, seed, mvp):
-    B, H, L, d = shape
-    q, k, v, bias, u = _leaves((B, H, L, d), (B, H, L, d), (B, H, L, d), (B, H, L, L), (B, H, L, d), seed=seed)
-    inputs = [q, k, v, bias] + ([u] if mvp else [])
-    _assert_same(
-        lambda *x: pointwise_attention(*x),
-        lambda *x: pointwise_attention(*x, reference=True),
-        inputs,
+def random_tables(B: int, H: int, L: int, seed: int, positions: int = 48) -> BiasTables:
+    """Random bias tables (the model starts them at zero, which would hide their gradients) and
+    timestamps with gaps spread over many buckets, some equal (a gap of 0)."""
+    gen = torch.Generator().manual_seed(seed + 7)
+    gaps = torch.randint(0, 10, (B, L), generator=gen) ** torch.randint(0, 7, (B, L), generator=gen)
+    return BiasTables(
+        torch.randn(positions, H, generator=gen, dtype=torch.float64).requires_grad_(),
+        torch.randn(32, H, generator=gen, dtype=torch.float64).requires_grad_(),
+        torch.cumsum(gaps, dim=1),
     )
+
+
+@settings(max_examples=25, deadline=None)
+@given(shape=shapes, seed=st.integers(0, 1000), variant=st.sampled_from(["causal", "strict", "mvp"]))
+def test_pointwise_attention(shape, seed, variant):
+    B, H, L, d = shape
+    q, k, v, u = _leaves(*[(B, H, L, d)] * 4, seed=seed)
+    tables = random_tables(B, H, L, seed)
+    inputs = [q, k, v, tables.position, tables.time] + ([u] if variant == "mvp" else [])
+
+    def attention(q, k, v, position, time, u=None, reference=False):
+        bias = BiasTables(position, time, tables.timestamps)
+        return pointwise_attention(q, k, v, bias, u, strict=variant == "strict", reference=reference)
+
+    _assert_same(attention, lambda *x: attention(*x, reference=True), inputs)
+
+
+def test_pointwise_strict_excludes_the_diagonal():
+    """strict = the causal attention minus each query's own key (a 1-event history sees nothing)."""
+    q, k, v = _leaves(*[(1, 2, 6, 4)] * 3, seed=3)
+    tables = random_tables(1, 2, 6, seed=3)
+    strict = pointwise_attention(q, k, v, tables, strict=True, reference=True)
+    assert strict[:, :, 0].abs().max() == 0
+    causal = pointwise_attention(q, k, v, tables, reference=True)
+    assert (causal - strict).abs().max() > 1e-3
 
 
 @settings(max_examples=25, deadline=None)
@@ -64,16 +89,18 @@ def test_strict_pooling(shape, seed):
     )
 
 
-def test_softmax_diagonal_blocks_agree():
-    """The blocked α_nn of the mvp diagonal correction is exact across block boundaries."""
-    from causalgr.models.attention import _softmax_diagonal
+@pytest.mark.parametrize("block", [1, 16, 64, 256])
+def test_softmax_diagonal_blocks_agree(block):
+    """The blocked α_nn of the mvp diagonal correction is exact across block boundaries, gradients included."""
+    q, k = _leaves((2, 2, 70, 8), (2, 2, 70, 8), seed=block)
+    weights = torch.randn(2, 2, 70, dtype=torch.float64)
 
-    q, k = torch.randn(2, 2, 70, 8, dtype=torch.float64), torch.randn(2, 2, 70, 8, dtype=torch.float64)
-    scores = (q @ k.transpose(-2, -1)) / 8**0.5
-    probs = scores.masked_fill(~torch.ones(70, 70, dtype=torch.bool).tril(), float("-inf")).softmax(-1)
-    expected = probs.diagonal(dim1=-2, dim2=-1)
-    for block in (1, 16, 64, 256):
-        torch.testing.assert_close(_softmax_diagonal(q, k, block=block), expected)
+    def materialised(q, k):
+        scores = (q @ k.transpose(-2, -1)) / 8**0.5
+        probs = scores.masked_fill(~torch.ones(70, 70, dtype=torch.bool).tril(), float("-inf")).softmax(-1)
+        return probs.diagonal(dim1=-2, dim2=-1)
+
+    _assert_same(lambda q, k: softmax_diagonal(q, k, block=block) * weights, lambda q, k: materialised(q, k) * weights, [q, k])
 
 
 @pytest.mark.parametrize("L", [1, 2, 5])

@@ -7,6 +7,7 @@ import sys
 
 import typer
 
+from causalgr.bench import bench_command
 from causalgr.data.cli import app as data_app
 from causalgr.data.errors import DataError
 from causalgr.training.cli import register as register_training
@@ -14,6 +15,7 @@ from causalgr.training.cli import register as register_training
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 app.add_typer(data_app, name="data", help="Fetch, prepare, generate and describe datasets.")
 register_training(app)
+app.command("bench")(bench_command)
 
 
 @app.command()

@@ -8,7 +8,8 @@ Three masks appear in causalgr (positions are 0-based, n = query, j = key):
 
 Each kernel takes `reference=True` for the readable version that materialises its masks; the
 default path is the efficient one (SDPA's causal flag, the shift trick, the diagonal
-correction) and the tests hold it equal to the reference. Tensors are [B, H, L, dh]; inputs
+correction, HSTU's blocked/Triton kernels in `kernels/`) and never builds an [L, L] tensor;
+the tests hold it equal to the reference. Tensors are [B, H, L, dh]; inputs
 are right-padded, so under a causal mask a valid query never sees a padded key.
 """
 
@@ -18,6 +19,9 @@ import math
 
 import torch
 import torch.nn.functional as F
+
+from causalgr.models.kernels import BiasTables, fast_pointwise_attention, softmax_diagonal
+from causalgr.models.timegaps import log_bucket
 
 
 def causal_mask(length: int, device: torch.device) -> torch.Tensor:
@@ -46,50 +50,52 @@ def softmax_attention(
         return F.scaled_dot_product_attention(q, k, v, is_causal=True)
     # One flash-capable call on v + u, then remove the diagonal term α_nn·u_n that j < n forbids.
     out = F.scaled_dot_product_attention(q, k, v + u, is_causal=True)
-    return out - _softmax_diagonal(q, k)[..., None] * u
+    return out - softmax_diagonal(q, k)[..., None] * u  # α_nn from a blocked logsumexp, O(L) memory
 
 
-def _softmax_diagonal(q: torch.Tensor, k: torch.Tensor, block: int = 256) -> torch.Tensor:
-    """α_nn = exp(s_nn − logsumexp_{j≤n} s_nj), [B, H, L], computed a block of queries at a time."""
-    scale = 1.0 / math.sqrt(q.shape[-1])
-    diag = (q * k).sum(-1) * scale  # [B, H, L]
-    lse = []
-    for start in range(0, q.shape[-2], block):
-        stop = min(start + block, q.shape[-2])
-        scores = (q[..., start:stop, :] @ k[..., :stop, :].transpose(-2, -1)) * scale  # [B, H, b, stop]
-        allowed = torch.arange(stop, device=q.device)[None, :] <= torch.arange(start, stop, device=q.device)[:, None]
-        lse.append(scores.masked_fill(~allowed, float("-inf")).logsumexp(-1))
-    return torch.exp(diag - torch.cat(lse, dim=-1))
+def relative_bias(tables: BiasTables) -> torch.Tensor:
+    """HSTU's rab, materialised: [B, H, L, L] (entries above the diagonal are never used)."""
+    L = tables.timestamps.shape[1]
+    pos = torch.arange(L, device=tables.timestamps.device)
+    distance = (pos[:, None] - pos[None, :]).clamp(0, tables.position.shape[0] - 1)  # [L, L]
+    gaps = tables.timestamps[:, :, None] - tables.timestamps[:, None, :]  # [B, L, L]
+    bias = tables.position[distance][None] + tables.time[log_bucket(gaps, tables.time.shape[0])]  # [B, L, L, H]
+    return bias.permute(0, 3, 1, 2)
 
 
 def pointwise_attention(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
-    bias: torch.Tensor,
+    bias: BiasTables,
     u: torch.Tensor | None = None,
     *,
+    strict: bool = False,
     reference: bool = False,
 ) -> torch.Tensor:
-    """HSTU's attention: A_nj = SiLU(q_n·k_j/√d + bias_nj) / (n + 1) over j ≤ n; with `u`, mvp mixing.
+    """HSTU's attention: A_nj = SiLU(q_n·k_j/√d + rab_nj) / (n + 1) over j ≤ n; with `u`, mvp mixing.
 
-    Dividing by the number of attended positions (n + 1) rather than the padded or total length
-    keeps position n independent of padding and of how many events follow it.
+    `strict` sees j < n only (same 1/(n + 1) normaliser). Dividing by n + 1 rather than the
+    padded or total length keeps position n independent of padding and of the events after it.
+    The fast path never builds the [L, L] bias or weights: it makes them a block of queries at a
+    time from the tables (blocked PyTorch on CPU, our Triton kernel on CUDA, `kernels/`).
     """
-    L = q.shape[-2]
-    scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1]) + bias  # [B, H, L, L]
-    count = torch.arange(1, L + 1, device=q.device, dtype=q.dtype)[:, None]  # [L, 1]
     if reference:
-        weights = F.silu(scores) * causal_mask(L, q.device) / count
+        L = q.shape[-2]
+        scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1]) + relative_bias(bias)  # [B, H, L, L]
+        count = torch.arange(1, L + 1, device=q.device, dtype=q.dtype)[:, None]  # [L, 1]
+        mask = strict_mask(L, q.device) if strict else causal_mask(L, q.device)
+        weights = F.silu(scores) * mask / count
         out = weights @ v
         if u is not None:
             out = out + (weights * strict_mask(L, q.device)) @ u
         return out
-    weights = F.silu(scores).tril() / count
     if u is None:
-        return weights @ v
-    # Diagonal correction: one product with v + u, minus the forbidden A_nn·u_n.
-    return weights @ (v + u) - weights.diagonal(dim1=-2, dim2=-1)[..., None] * u
+        return fast_pointwise_attention(q, k, v, None, bias, strict=strict)
+    if strict:
+        raise ValueError("mvp mixing (u) uses the inclusive mask for v; strict does not apply")
+    # Diagonal correction: one pass with v + u, minus the forbidden A_nn·u_n.
+    return fast_pointwise_attention(q, k, v + u, u, bias)
 
 
 def strict_pooling(

@@ -14,28 +14,25 @@ from torch import nn
 from causalgr.models.attention import pointwise_attention
 from causalgr.models.config import ModelConfig
 from causalgr.models.heads import merge_heads, split_heads
-from causalgr.models.timegaps import log_bucket
+from causalgr.models.kernels import BiasTables
 
 
 class RelativeBias(nn.Module):
-    """rab[b, h, n, j] = position_bias[h, n − j] + time_bias[h, bucket(t_n − t_j)], for j ≤ n."""
+    """rab[b, h, n, j] = position_bias[h, n − j] + time_bias[h, bucket(t_n − t_j)], for j ≤ n.
+
+    Returned as its small tables plus the timestamps: the reference materialises [B, H, L, L]
+    from them, the fast kernels only the block they are working on.
+    """
 
     def __init__(self, max_tokens: int, heads: int, time_buckets: int):
         super().__init__()
-        self.time_buckets = time_buckets
         self.position = nn.Embedding(max_tokens, heads)
         self.time = nn.Embedding(time_buckets, heads)
         nn.init.zeros_(self.position.weight)
         nn.init.zeros_(self.time.weight)
 
-    def forward(self, timestamps: torch.Tensor) -> torch.Tensor:
-        """timestamps [B, L] → bias [B, H, L, L] (entries above the diagonal are never used)."""
-        L = timestamps.shape[1]
-        pos = torch.arange(L, device=timestamps.device)
-        distance = (pos[:, None] - pos[None, :]).clamp(0, self.position.num_embeddings - 1)  # [L, L]
-        gaps = timestamps[:, :, None] - timestamps[:, None, :]  # [B, L, L]
-        bias = self.position(distance)[None] + self.time(log_bucket(gaps, self.time_buckets))  # [B, L, L, H]
-        return bias.permute(0, 3, 1, 2)
+    def forward(self, timestamps: torch.Tensor) -> BiasTables:
+        return BiasTables(self.position.weight, self.time.weight, timestamps)
 
 
 class STULayer(nn.Module):
@@ -49,7 +46,7 @@ class STULayer(nn.Module):
         self.action_value = nn.Linear(dim, dim) if mvp else None  # W_a of this layer
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor, bias: torch.Tensor, actions: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, bias: BiasTables, actions: torch.Tensor | None) -> torch.Tensor:
         gate, v, q, k = F.silu(self.f1(self.norm_in(x))).chunk(4, dim=-1)  # 4 × [B, L, D]
         u = None if self.action_value is None else split_heads(self.action_value(actions), self.heads)
         attended = pointwise_attention(

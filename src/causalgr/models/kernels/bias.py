@@ -1,0 +1,70 @@
+"""HSTU's relative attention bias, as small tables plus timestamps, made one block at a time.
+
+rab[b, h, n, j] = position[min(n − j, P − 1), h] + time[bucket(t_n − t_j), h]. The full
+[B, H, L, L] tensor is what the reference materialises (`attention.relative_bias`); the fast
+paths only ever build the [B, H, rows, keys] slab of the query block they are working on.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+import torch
+
+from causalgr.models.timegaps import log_bucket
+
+
+class BiasTables(NamedTuple):
+    position: torch.Tensor  # [P, H] bias per distance n − j (clamped to P − 1)
+    time: torch.Tensor  # [Tb, H] bias per log-bucketed time gap t_n − t_j
+    timestamps: torch.Tensor  # [B, L] long, seconds
+
+
+@functools.lru_cache(maxsize=None)
+def bucket_edges(buckets: int, device: torch.device) -> torch.Tensor:
+    """θ_k = the smallest gap that `log_bucket` puts in bucket ≥ k, k = 1..buckets − 1: [buckets − 1] long.
+
+    `log_bucket` is non-decreasing in the gap, so bucket(gap) = #{k : gap ≥ θ_k}. Found by a
+    binary search on `log_bucket` itself, so the thresholds inherit its float32 rounding exactly.
+    """
+    k = torch.arange(1, buckets)
+    lo, hi = torch.zeros_like(k), torch.full_like(k, 2**62)
+    while bool((lo < hi).any()):
+        mid = (lo + hi) // 2
+        reached = log_bucket(mid, buckets) >= k
+        hi, lo = torch.where(reached, mid, hi), torch.where(reached, lo, mid + 1)
+    return lo.to(device)
+
+
+def time_buckets(timestamps: torch.Tensor, start: int, stop: int, keys: int, buckets: int) -> torch.Tensor:
+    """`log_bucket(t_n − t_j)` for queries [start, stop) × keys [0, keys): [B, rows, keys] long.
+
+    Two passes over the block (a subtraction and a binary search among the bucket edges)
+    instead of the eight of the float32 formula.
+    """
+    gaps = timestamps[:, start:stop, None] - timestamps[:, None, :keys]  # [B, rows, keys]
+    return torch.bucketize(gaps, bucket_edges(buckets, timestamps.device), right=True)
+
+
+def distances(start: int, stop: int, keys: int, positions: int, device: torch.device) -> torch.Tensor:
+    """min(n − j, P − 1) clamped at 0 for queries [start, stop) × keys [0, keys): [rows, keys] long."""
+    rows = torch.arange(start, stop, device=device)
+    return (rows[:, None] - torch.arange(keys, device=device)[None, :]).clamp_(0, positions - 1)
+
+
+def add_block_bias(scores: torch.Tensor, tables: BiasTables, distance: torch.Tensor, bucket: torch.Tensor) -> None:
+    """scores [B, H, rows, keys] += rab of the block, one head at a time (a 1-D table lookup is cheap)."""
+    for h in range(scores.shape[1]):
+        scores[:, h] += tables.position[:, h][distance]  # [rows, keys], broadcast over B
+        scores[:, h] += tables.time[:, h][bucket]  # [B, rows, keys]
+
+
+def bias_table_grads(
+    grad_scores: torch.Tensor, distance: torch.Tensor, bucket: torch.Tensor, position: torch.Tensor, time: torch.Tensor
+) -> None:
+    """Accumulate ∂loss/∂rab of one block (grad_scores [B, H, rows, keys]) into the table grads [P, H], [Tb, H]."""
+    grad_scores = grad_scores.to(time.dtype)
+    for h in range(grad_scores.shape[1]):
+        position[:, h].scatter_add_(0, distance.reshape(-1), grad_scores[:, h].sum(0).reshape(-1))
+        time[:, h].scatter_add_(0, bucket.reshape(-1), grad_scores[:, h].reshape(-1))

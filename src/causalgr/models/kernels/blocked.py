@@ -1,0 +1,99 @@
+"""HSTU pointwise attention a block of queries at a time: memory O(block · L), never O(L²).
+
+    out_n = Σ_j A_nj x_j − A_nn y_n,   A_nj = SiLU(q_n·k_j/√d + rab_nj) / (n + 1) over j ≤ n
+                                        (j < n with `strict`)
+
+`y` is the diagonal correction: mvp passes x = v + u, y = u, so that the action values reach
+position n from j < n only. A query block [start, stop) needs keys [0, stop) — the blocks
+above the diagonal are never computed. The backward recomputes each block's scores from q, k
+and the bias tables instead of storing them, so training memory stays linear in L too.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from causalgr.models.kernels.bias import BiasTables, add_block_bias, bias_table_grads, distances, time_buckets
+
+SLAB_ELEMENTS = 2**21  # 8 MB of float32 scores per block
+MIN_ROWS = 16
+
+
+def _allowed_over_count(start: int, stop: int, strict: bool, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """[rows, stop]: 1/(n + 1) where key j may be seen by query n, else 0 — mask and normaliser in one."""
+    rows = torch.arange(start, stop, device=device)[:, None]
+    cols = torch.arange(stop, device=device)[None, :]
+    allowed = cols < rows if strict else cols <= rows
+    return allowed.to(dtype) / (rows + 1).to(dtype)
+
+
+def _scores(q_block: torch.Tensor, k: torch.Tensor, tables: BiasTables, start: int, stop: int):
+    """Scores of queries [start, stop) against keys [0, stop), [B, H, rows, stop], and the bias indices."""
+    distance = distances(start, stop, stop, tables.position.shape[0], q_block.device)
+    bucket = time_buckets(tables.timestamps, start, stop, stop, tables.time.shape[0])
+    scores = q_block @ k[:, :, :stop].transpose(-2, -1)  # [B, H, rows, stop]
+    scores.mul_(1.0 / math.sqrt(q_block.shape[-1]))
+    add_block_bias(scores, tables, distance, bucket)
+    return scores, distance, bucket
+
+
+def block_rows(q: torch.Tensor, block: int | None) -> int:
+    """Query rows per block: `block`, or as many as keep one [B, H, rows, L] slab near SLAB_ELEMENTS.
+
+    Small slabs matter on CPU: a fresh multi-MB tensor costs its page faults on every block.
+    """
+    if block is not None:
+        return block
+    B, H, L, _ = q.shape
+    return max(MIN_ROWS, min(L, SLAB_ELEMENTS // (B * H * L)))
+
+
+def blocked_forward(
+    q: torch.Tensor, k: torch.Tensor, x: torch.Tensor, y: torch.Tensor | None, tables: BiasTables,
+    strict: bool = False, block: int | None = None,
+) -> torch.Tensor:
+    """out [B, H, L, dh] (see the module docstring); q, k, x, y [B, H, L, dh]."""
+    L, block = q.shape[-2], block_rows(q, block)
+    out = torch.empty_like(x)
+    for start in range(0, L, block):
+        stop = min(start + block, L)
+        scores, _, _ = _scores(q[:, :, start:stop], k, tables, start, stop)
+        weights = F.silu(scores, inplace=True).mul_(_allowed_over_count(start, stop, strict, q.dtype, q.device))
+        out[:, :, start:stop] = weights @ x[:, :, :stop]
+        if y is not None:
+            diagonal = weights[..., start:stop].diagonal(dim1=-2, dim2=-1)  # A_nn, [B, H, rows]
+            out[:, :, start:stop] -= diagonal[..., None] * y[:, :, start:stop]
+    return out
+
+
+def blocked_backward(
+    grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, x: torch.Tensor, y: torch.Tensor | None,
+    tables: BiasTables, strict: bool = False, block: int | None = None,
+):
+    """Gradients (q, k, x, y, position table, time table) of `blocked_forward`, one recomputed block at a time."""
+    L, scale, block = q.shape[-2], 1.0 / math.sqrt(q.shape[-1]), block_rows(q, block)
+    grad_q, grad_k, grad_x = torch.empty_like(q), torch.zeros_like(k), torch.zeros_like(x)
+    grad_y = None if y is None else torch.empty_like(y)
+    grad_position, grad_time = torch.zeros_like(tables.position), torch.zeros_like(tables.time)
+    for start in range(0, L, block):
+        stop = min(start + block, L)
+        q_block, grad_block = q[:, :, start:stop], grad_out[:, :, start:stop]  # [B, H, rows, dh]
+        scores, distance, bucket = _scores(q_block, k, tables, start, stop)
+        gate = torch.sigmoid(scores)
+        mask = _allowed_over_count(start, stop, strict, q.dtype, q.device)
+        weights = scores * gate * mask  # A, [B, H, rows, stop]
+        grad_weights = grad_block @ x[:, :, :stop].transpose(-2, -1)  # ∂/∂A, [B, H, rows, stop]
+        if y is not None:
+            y_block = y[:, :, start:stop]
+            grad_weights[..., start:stop].diagonal(dim1=-2, dim2=-1).sub_((grad_block * y_block).sum(-1))
+            grad_y[:, :, start:stop] = -weights[..., start:stop].diagonal(dim1=-2, dim2=-1)[..., None] * grad_block
+        grad_x[:, :, :stop] += weights.transpose(-2, -1) @ grad_block
+        # SiLU'(s) = σ(s)·(1 + s·(1 − σ(s))), computed in place over the scores to keep one slab alive.
+        grad_scores = scores.mul_(1.0 - gate).add_(1.0).mul_(gate).mul_(grad_weights).mul_(mask)
+        grad_q[:, :, start:stop] = (grad_scores @ k[:, :, :stop]) * scale
+        grad_k[:, :, :stop] += (grad_scores.transpose(-2, -1) @ q_block) * scale
+        bias_table_grads(grad_scores, distance, bucket, grad_position, grad_time)
+    return grad_q, grad_k, grad_x, grad_y, grad_position, grad_time

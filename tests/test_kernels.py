@@ -1,0 +1,168 @@
+"""The fast HSTU kernels (blocked PyTorch, Triton) equal the materialised reference, and stay O(L) in memory."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from causalgr.models.attention import pointwise_attention, softmax_attention
+from causalgr.models.kernels import BiasTables, default_engine, fast_pointwise_attention, triton_available
+from causalgr.models.kernels.bias import bucket_edges, time_buckets
+from causalgr.models.timegaps import log_bucket
+
+VARIANTS = ["causal", "strict", "mvp"]
+needs_triton = pytest.mark.skipif(not triton_available(), reason="triton is not installed")
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+def make_inputs(B, H, L, d, seed, dtype=torch.float64, device="cpu"):
+    gen = torch.Generator().manual_seed(seed)
+    q, k, v, u = (torch.randn(B, H, L, d, generator=gen, dtype=dtype) for _ in range(4))
+    gaps = torch.randint(0, 10, (B, L), generator=gen) ** torch.randint(0, 8, (B, L), generator=gen)
+    tables = BiasTables(
+        torch.randn(2 * L, H, generator=gen, dtype=dtype), torch.randn(32, H, generator=gen, dtype=dtype),
+        torch.cumsum(gaps, dim=1),
+    )
+    move = lambda t: t.to(device).requires_grad_(t.is_floating_point())  # noqa: E731
+    return [move(t) for t in (q, k, v, u)], BiasTables(*(move(t) for t in tables))
+
+
+def run(variant, q, k, v, u, tables, **kwargs):
+    """The variant through the fast entry point (x, y as the attention module passes them)."""
+    if variant == "mvp":
+        return fast_pointwise_attention(q, k, v + u, u, tables, **kwargs)
+    return fast_pointwise_attention(q, k, v, None, tables, strict=variant == "strict", **kwargs)
+
+
+def reference(variant, q, k, v, u, tables):
+    return pointwise_attention(q, k, v, tables, u if variant == "mvp" else None, strict=variant == "strict", reference=True)
+
+
+def values_and_grads(fn, leaves):
+    out = fn()
+    weights = torch.linspace(-1, 1, out.numel(), dtype=out.dtype, device=out.device).reshape(out.shape)
+    return out, torch.autograd.grad((out * weights).sum(), leaves)
+
+
+def assert_matches_reference(variant, leaves, tables, atol, **kwargs):
+    q, k, v, u = leaves
+    used = [q, k, v, tables.position, tables.time] + ([u] if variant == "mvp" else [])
+    fast, fast_grads = values_and_grads(lambda: run(variant, q, k, v, u, tables, **kwargs), used)
+    ref, ref_grads = values_and_grads(lambda: reference(variant, q, k, v, u, tables), used)
+    torch.testing.assert_close(fast, ref, atol=atol, rtol=atol)
+    for name, a, b in zip(["q", "k", "v", "position", "time", "u"], fast_grads, ref_grads):
+        torch.testing.assert_close(a, b, atol=atol, rtol=atol, msg=lambda m: f"grad {name}: {m}")
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    shape=st.tuples(st.integers(1, 3), st.integers(1, 3), st.integers(1, 50), st.sampled_from([4, 8])),
+    block=st.sampled_from([1, 3, 16, None]),
+    variant=st.sampled_from(VARIANTS),
+    seed=st.integers(0, 1000),
+)
+def test_blocked_equals_reference(shape, block, variant, seed):
+    leaves, tables = make_inputs(*shape, seed)
+    assert_matches_reference(variant, leaves, tables, atol=1e-10, engine="blocked", block=block)
+
+
+def test_bucket_edges_reproduce_log_bucket():
+    """Counting edges ≤ gap gives `log_bucket`'s bucket exactly, float32 rounding near 2^k included."""
+    for buckets in (1, 8, 32, 40):
+        edges = bucket_edges(buckets, torch.device("cpu"))
+        gaps = torch.cat([edges - 1, edges, edges + 1, torch.tensor([-10**9, -1, 0, 1, 2**40, 2**62])])
+        gaps = torch.cat([gaps, torch.randint(0, 2**34, (300,))])
+        timestamps = torch.cat([gaps, torch.zeros(1, dtype=torch.long)])[None]  # the last event at t = 0
+        M = gaps.numel()
+        got = time_buckets(timestamps, 0, M, M + 1, buckets)[0, :, M]  # gap to the last event = gaps
+        torch.testing.assert_close(got, log_bucket(gaps, buckets))
+
+
+class LargestTensor(TorchDispatchMode):
+    """Records the largest number of elements of any tensor an aten op returns."""
+
+    def __init__(self):
+        super().__init__()
+        self.largest = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, (tuple, list)) else [out]:
+            if isinstance(t, torch.Tensor):
+                self.largest = max(self.largest, t.numel())
+        return out
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_blocked_never_builds_an_l_by_l_tensor(variant):
+    """Forward and backward of the blocked kernel stay at block × L elements, far below L²."""
+    L, block = 512, 32
+    (q, k, v, u), tables = make_inputs(1, 1, L, 8, seed=0, dtype=torch.float32)
+    with LargestTensor() as seen:
+        run(variant, q, k, v, u, tables, engine="blocked", block=block).sum().backward()
+    assert seen.largest <= block * L, f"an op returned {seen.largest} elements (L² = {L * L})"
+
+
+@pytest.mark.parametrize("mvp", [False, True])
+def test_softmax_fast_path_never_builds_an_l_by_l_tensor(mvp):
+    """SDPA plus, for mvp, the blocked α_nn: nothing above one 256-row block × L."""
+    L = 1024
+    q, k, v, u = (torch.randn(1, 1, L, 8, requires_grad=True) for _ in range(4))
+    with LargestTensor() as seen:
+        softmax_attention(q, k, v, u if mvp else None).sum().backward()
+    assert seen.largest <= 256 * L, f"an op returned {seen.largest} elements (L² = {L * L})"
+
+
+def test_auto_selects_blocked_on_cpu():
+    assert default_engine(torch.device("cpu")) == "blocked"
+
+
+TRITON_SHAPES = [(1, 8), (37, 8), (70, 32)]
+
+
+def check_triton(variant: str) -> None:
+    """Our Triton forward + the blocked backward match the reference on small shapes."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    for L, d in TRITON_SHAPES:
+        leaves, tables = make_inputs(2, 2, L, d, seed=L + d, dtype=torch.float32, device=device)
+        assert_matches_reference(variant, leaves, tables, atol=2e-5, engine="triton")
+
+
+@needs_triton
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_triton_kernel_equals_reference(variant):
+    """On CUDA the compiled kernel; on CPU Triton's interpreter, which must be switched on before
+    triton is first imported — so in a fresh interpreter (this process imported it already)."""
+    if torch.cuda.is_available():
+        check_triton(variant)
+        return
+    code = f"import test_kernels; test_kernels.check_triton({variant!r})"
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), *sys.path])}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+@needs_cuda
+@needs_triton
+def test_auto_selects_triton_on_cuda():
+    assert default_engine(torch.device("cuda")) == "triton"
+
+
+@needs_cuda
+@needs_triton
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_triton_long_sequence_on_cuda(variant):
+    """A length spanning many key blocks, with the compiled kernel, against the blocked path."""
+    (q, k, v, u), tables = make_inputs(2, 2, 1000, 32, seed=5, dtype=torch.float32, device="cuda")
+    with torch.no_grad():
+        fast = run(variant, q, k, v, u, tables, engine="triton")
+        blocked = run(variant, q, k, v, u, tables, engine="blocked")
+    torch.testing.assert_close(fast, blocked, atol=1e-4, rtol=1e-4)
