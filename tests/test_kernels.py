@@ -11,6 +11,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from causalgr.models.attention import pointwise_attention, softmax_attention
@@ -83,7 +84,8 @@ def test_bucket_edges_reproduce_log_bucket():
         timestamps = torch.cat([gaps, torch.zeros(1, dtype=torch.long)])[None]  # the last event at t = 0
         M = gaps.numel()
         got = time_buckets(timestamps, 0, M, M + 1, buckets)[0, :, M]  # gap to the last event = gaps
-        torch.testing.assert_close(got, log_bucket(gaps, buckets))
+        assert got.dtype == torch.int32
+        torch.testing.assert_close(got.long(), log_bucket(gaps, buckets))
 
 
 class LargestTensor(TorchDispatchMode):
@@ -109,6 +111,40 @@ def test_blocked_never_builds_an_l_by_l_tensor(variant):
     with LargestTensor() as seen:
         run(variant, q, k, v, u, tables, engine="blocked", block=block).sum().backward()
     assert seen.largest <= block * L, f"an op returned {seen.largest} elements (L² = {L * L})"
+
+
+class LiveBytes(TorchDispatchMode):
+    """Records the peak of the bytes held by tensors that aten ops returned and that are still alive."""
+
+    def __init__(self):
+        super().__init__()
+        self.live, self.peak = {}, 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, (tuple, list)) else [out]:
+            if isinstance(t, torch.Tensor):
+                storage = t.untyped_storage()
+                self.live.setdefault(storage.data_ptr(), (StorageWeakRef(storage), storage.nbytes()))
+        self.live = {ptr: ref for ptr, ref in self.live.items() if not ref[0].expired()}
+        self.peak = max(self.peak, sum(nbytes for _, nbytes in self.live.values()))
+        return out
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_blocked_backward_working_set(variant):
+    """The backward keeps at most about four [B, H, block, L] slabs alive (scores, gate, weights or their
+    gradient, the int32 time buckets and their int64 gaps) and frees a block's before the next one's:
+    its working set is the part of a training step's peak memory that does not grow with the tokens."""
+    B, H, L, d, block = 4, 2, 512, 8, 32
+    (q, k, v, u), tables = make_inputs(B, H, L, d, seed=0, dtype=torch.float32)
+    out = run(variant, q, k, v, u, tables, engine="blocked", block=block)
+    grad = torch.randn_like(out)
+    with LiveBytes() as seen:
+        out.backward(grad)
+    slab, per_token = B * H * block * L * 4, B * H * L * d * 4  # bytes of one block of scores; of one q, k, v
+    # bound: four slabs plus the [B, H, L, d] gradients (q, k, x, y and their sums in autograd)
+    assert seen.peak <= 4 * slab + 12 * per_token, f"peak {seen.peak / slab:.2f} slabs"
 
 
 @pytest.mark.parametrize("mvp", [False, True])

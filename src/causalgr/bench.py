@@ -13,7 +13,10 @@ loss, backward, optimizer step) after one warm-up step:
 - CPU: the process's peak resident set (Linux `VmHWM`, reset through `/proc/self/clear_refs`)
   minus the resident set before the step, with glibc told to serve every allocation above
   64 KiB by mmap (`MALLOC_MMAP_THRESHOLD_`), so freed tensors leave the resident set at once
-  and the peak follows the live tensors rather than the allocator's caching.
+  and the peak follows the live tensors rather than the allocator's caching. Checked against
+  the peak of the bytes held by live tensors (a dispatch-mode tracker, docs/benchmarks.md):
+  the two agree to within about 2 MiB, so the figure is the step's tensors, not glibc arenas
+  or library workspaces.
 """
 
 from __future__ import annotations

@@ -66,6 +66,7 @@ def blocked_forward(
         if y is not None:
             diagonal = weights[..., start:stop].diagonal(dim1=-2, dim2=-1)  # A_nn, [B, H, rows]
             out[:, :, start:stop] -= diagonal[..., None] * y[:, :, start:stop]
+        del scores, weights  # before the next block's slab is made
     return out
 
 
@@ -81,19 +82,25 @@ def blocked_backward(
     for start in range(0, L, block):
         stop = min(start + block, L)
         q_block, grad_block = q[:, :, start:stop], grad_out[:, :, start:stop]  # [B, H, rows, dh]
+        # At most three [B, H, rows, stop] slabs are alive at once (scores, gate, weights or their
+        # gradient), and every one is dropped before the next block's: this working set is the part
+        # of a training step's peak memory that does not grow with the number of tokens.
         scores, distance, bucket = _scores(q_block, k, tables, start, stop)
         gate = torch.sigmoid(scores)
         mask = _allowed_over_count(start, stop, strict, q.dtype, q.device)
-        weights = scores * gate * mask  # A, [B, H, rows, stop]
+        weights = torch.mul(scores, gate).mul_(mask)  # A, [B, H, rows, stop]
+        grad_x[:, :, :stop] += weights.transpose(-2, -1) @ grad_block
+        if y is not None:
+            grad_y[:, :, start:stop] = -weights[..., start:stop].diagonal(dim1=-2, dim2=-1)[..., None] * grad_block
+        del weights
         grad_weights = grad_block @ x[:, :, :stop].transpose(-2, -1)  # ∂/∂A, [B, H, rows, stop]
         if y is not None:
-            y_block = y[:, :, start:stop]
-            grad_weights[..., start:stop].diagonal(dim1=-2, dim2=-1).sub_((grad_block * y_block).sum(-1))
-            grad_y[:, :, start:stop] = -weights[..., start:stop].diagonal(dim1=-2, dim2=-1)[..., None] * grad_block
-        grad_x[:, :, :stop] += weights.transpose(-2, -1) @ grad_block
-        # SiLU'(s) = σ(s)·(1 + s·(1 − σ(s))), computed in place over the scores to keep one slab alive.
-        grad_scores = scores.mul_(1.0 - gate).add_(1.0).mul_(gate).mul_(grad_weights).mul_(mask)
+            grad_weights[..., start:stop].diagonal(dim1=-2, dim2=-1).sub_((grad_block * y[:, :, start:stop]).sum(-1))
+        # SiLU'(s) = σ(s)·(1 + s − s·σ(s)), in place over the scores.
+        grad_scores = scores.addcmul_(scores, gate, value=-1.0).add_(1.0).mul_(gate).mul_(grad_weights).mul_(mask)
+        del gate, grad_weights
         grad_q[:, :, start:stop] = (grad_scores @ k[:, :, :stop]) * scale
         grad_k[:, :, :stop] += (grad_scores.transpose(-2, -1) @ q_block) * scale
         bias_table_grads(grad_scores, distance, bucket, grad_position, grad_time)
+        del scores, grad_scores, bucket
     return grad_q, grad_k, grad_x, grad_y, grad_position, grad_time
