@@ -2,7 +2,7 @@
 # The main job (`make main`): the paper's comparison on the built-in default data —
 # ML-100K (fetched) and default synthetic data — with interleaved, lfa, mvp and lagged on the
 # HSTU backbone, 3 seeds each, then the summary tables (11 min 42 s measured on a 2-core CPU).
-# README's Results section adds seeds 3 and 4 to these same runs (see there for the commands).
+# README's Results section runs the same comparisons with 5 seeds (commands there).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/main}
