@@ -126,24 +126,20 @@ def gauc(scores: np.ndarray, labels: np.ndarray, users: np.ndarray) -> float:
 
 def task_metrics(logits: np.ndarray, labels: np.ndarray, users: np.ndarray) -> dict[str, float]:
     """Log loss, NE, AUC, GAUC and positive rate of one task from logits."""
-    loss = log_loss_from_logits(logits, labels)
-    return {
-        "logloss": loss,
-        "ne": normalized_entropy(loss, labels),
-        "auc": auc(logits, labels),
-        "gauc": gauc(logits, labels, users),
-        "positive_rate": float(np.mean(labels)) if len(labels) else math.nan,
-    }
+    return _ranking_metrics(log_loss_from_logits(logits, labels), logits, labels, users)
 
 
 def floor_task_metrics(probs: np.ndarray, labels: np.ndarray, users: np.ndarray) -> dict[str, float]:
     """The same metrics for true probabilities (the Bayes floor on synthetic data)."""
-    loss = log_loss_from_probs(probs, labels)
+    return _ranking_metrics(log_loss_from_probs(probs, labels), probs, labels, users)
+
+
+def _ranking_metrics(loss: float, scores: np.ndarray, labels: np.ndarray, users: np.ndarray) -> dict[str, float]:
     return {
         "logloss": loss,
         "ne": normalized_entropy(loss, labels),
-        "auc": auc(probs, labels),
-        "gauc": gauc(probs, labels, users),
+        "auc": auc(scores, labels),
+        "gauc": gauc(scores, labels, users),
         "positive_rate": float(np.mean(labels)) if len(labels) else math.nan,
     }
 
