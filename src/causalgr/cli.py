@@ -48,8 +48,7 @@ def params(
                 max_len=max_len, num_action_values=num_action_values,
             )
             model = build_model(config)
-            total = model.num_parameters()
-            row += [f"{total:,}", f"{total - model.items.weight.numel():,}"]
+            row += [f"{model.num_parameters():,}", f"{model.num_parameters(include_items=False):,}"]
         table.add_row(*row)
     Console().print(table)
 

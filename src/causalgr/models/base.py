@@ -40,5 +40,7 @@ class RankingModel(nn.Module):
     def forward(self, batch: Batch) -> torch.Tensor:
         raise NotImplementedError
 
-    def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters())
+    def num_parameters(self, include_items: bool = True) -> int:
+        """Parameter count; without the item table, the part that differs between formulations."""
+        total = sum(p.numel() for p in self.parameters())
+        return total if include_items else total - self.items.weight.numel()

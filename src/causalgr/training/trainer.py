@@ -374,10 +374,8 @@ class _Run:
             "train_events_per_second": self.train_events / max(self.step_seconds, 1e-9),
             "seconds_per_epoch": self.step_seconds / max(epochs_run, 1),
             "train_events_per_epoch": self.train_loader.num_events,
-            "num_parameters": sum(p.numel() for p in self.model.parameters()),
-            "num_parameters_without_items": sum(
-                p.numel() for name, p in self.model.named_parameters() if not name.startswith("items.")
-            ),
+            "num_parameters": self.model.num_parameters(),
+            "num_parameters_without_items": self.model.num_parameters(include_items=False),
             "device": str(self.device),
             "torch_threads": torch.get_num_threads(),
             "data": {
