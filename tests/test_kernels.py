@@ -37,10 +37,9 @@ def make_inputs(B, H, L, d, seed, dtype=torch.float64, device="cpu"):
 
 
 def run(variant, q, k, v, u, tables, **kwargs):
-    """The variant through the fast entry point (x, y as the attention module passes them)."""
-    if variant == "mvp":
-        return fast_pointwise_attention(q, k, v + u, u, tables, **kwargs)
-    return fast_pointwise_attention(q, k, v, None, tables, strict=variant == "strict", **kwargs)
+    """The variant through the fast entry point."""
+    mvp = variant == "mvp"
+    return fast_pointwise_attention(q, k, v, tables, u if mvp else None, strict=variant == "strict", **kwargs)
 
 
 def reference(variant, q, k, v, u, tables):
@@ -133,18 +132,19 @@ class LiveBytes(TorchDispatchMode):
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_blocked_backward_working_set(variant):
-    """The backward keeps at most about four [B, H, block, L] slabs alive (scores, gate, weights or their
-    gradient, the int32 time buckets and their int64 gaps) and frees a block's before the next one's:
-    its working set is the part of a training step's peak memory that does not grow with the tokens."""
-    B, H, L, d, block = 4, 2, 512, 8, 32
+    """The backward keeps two [B, H, block, L] slabs alive (scores → weights → their gradient; sigmoid →
+    SiLU's slope) plus the int32 time buckets, and frees a block's before the next one's: its working
+    set is the part of a training step's peak memory that does not grow with the tokens."""
+    B, H, L, d, block = 4, 2, 512, 8, 128
     (q, k, v, u), tables = make_inputs(B, H, L, d, seed=0, dtype=torch.float32)
     out = run(variant, q, k, v, u, tables, engine="blocked", block=block)
     grad = torch.randn_like(out)
     with LiveBytes() as seen:
         out.backward(grad)
     slab, per_token = B * H * block * L * 4, B * H * L * d * 4  # bytes of one block of scores; of one q, k, v
-    # bound: four slabs plus the [B, H, L, d] gradients (q, k, x, y and their sums in autograd)
-    assert seen.peak <= 4 * slab + 12 * per_token, f"peak {seen.peak / slab:.2f} slabs"
+    scratch = 4 * block * L * 4  # [block, L] per block, not per (row, head): distances (int64), mask, a head's sum
+    # bound: 2.5 slabs, the scratch, and the [B, H, L, d] gradients (q, k, x, y and their sums in autograd)
+    assert seen.peak <= 2.5 * slab + scratch + 12 * per_token, f"peak {seen.peak / slab:.2f} slabs"
 
 
 @pytest.mark.parametrize("mvp", [False, True])
@@ -161,15 +161,34 @@ def test_auto_selects_blocked_on_cpu():
     assert default_engine(torch.device("cpu")) == "blocked"
 
 
-TRITON_SHAPES = [(1, 8), (37, 8), (70, 32)]
+# (L, dh, rows of the position table, query block, key block). The default 64 blocks, then small
+# unequal ones, with which L = 70 spans several query and key blocks in both backward kernels and
+# tiles straddle the diagonal; a position table shorter than L sends the far distances to its last row.
+TRITON_CASES = [
+    (1, 8, 2, 64, 64), (37, 8, 74, 64, 64), (70, 32, 140, 64, 64), (70, 32, 24, 16, 32), (70, 8, 140, 32, 16),
+]
 
 
 def check_triton(variant: str) -> None:
-    """Our Triton forward + the blocked backward match the reference on small shapes."""
+    """Our Triton forward and backward kernels match the reference (values, and the gradients of q, k,
+    v, u and both bias tables) on small shapes, at the block sizes of TRITON_CASES."""
+    from functools import partial
+    from unittest import mock
+
+    from causalgr.models.kernels import triton_hstu
+
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    for L, d in TRITON_SHAPES:
+    for L, d, positions, block_m, block_n in TRITON_CASES:
         leaves, tables = make_inputs(2, 2, L, d, seed=L + d, dtype=torch.float32, device=device)
-        assert_matches_reference(variant, leaves, tables, atol=2e-5, engine="triton")
+        tables = tables._replace(position=tables.position[:positions])
+        forward = partial(triton_hstu.triton_forward, block_m=block_m, block_n=block_n)
+        backward = partial(triton_hstu.triton_backward, block_m=block_m, block_n=block_n)
+        with (
+            mock.patch.object(triton_hstu, "triton_forward", side_effect=forward) as fwd,
+            mock.patch.object(triton_hstu, "triton_backward", side_effect=backward) as bwd,
+        ):
+            assert_matches_reference(variant, leaves, tables, atol=2e-5, engine="triton")
+        assert fwd.called and bwd.called, "fast_pointwise_attention no longer calls the patched kernels"
 
 
 @needs_triton
@@ -202,3 +221,26 @@ def test_triton_long_sequence_on_cuda(variant):
         fast = run(variant, q, k, v, u, tables, engine="triton")
         blocked = run(variant, q, k, v, u, tables, engine="blocked")
     torch.testing.assert_close(fast, blocked, atol=1e-4, rtol=1e-4)
+
+
+@needs_cuda
+@needs_triton
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_triton_long_sequence_backward_on_cuda(variant):
+    """The compiled backward over many query and key blocks: values and gradients against the blocked
+    engine in float64, each to 1e-4 of its largest entry (float32 sums of up to ~10⁶ terms, in any order)."""
+    leaves, tables = make_inputs(2, 2, 1000, 32, seed=6, dtype=torch.float32, device="cuda")
+    leaves64 = [t.detach().double().requires_grad_() for t in leaves]
+    tables64 = BiasTables(*(t.detach().double().requires_grad_() if t.is_floating_point() else t for t in tables))
+
+    def used(leaves, tables):  # as in assert_matches_reference: u only where the variant uses it
+        return [*leaves[:3], tables.position, tables.time] + ([leaves[3]] if variant == "mvp" else [])
+
+    fast, fast_grads = values_and_grads(lambda: run(variant, *leaves, tables, engine="triton"), used(leaves, tables))
+    exact, exact_grads = values_and_grads(
+        lambda: run(variant, *leaves64, tables64, engine="blocked"), used(leaves64, tables64)
+    )
+    for name, a, b in zip(["out", "q", "k", "v", "position", "time", "u"], [fast, *fast_grads], [exact, *exact_grads]):
+        assert a.dtype == torch.float32
+        tol = 1e-4 * b.abs().max().item()
+        torch.testing.assert_close(a.double(), b, atol=tol, rtol=1e-4, msg=lambda m: f"{name}: {m}")

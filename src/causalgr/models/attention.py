@@ -90,12 +90,8 @@ def pointwise_attention(
         if u is not None:
             out = out + (weights * strict_mask(L, q.device)) @ u
         return out
-    if u is None:
-        return fast_pointwise_attention(q, k, v, None, bias, strict=strict)
-    if strict:
-        raise ValueError("mvp mixing (u) uses the inclusive mask for v; strict does not apply")
-    # Diagonal correction: one pass with v + u, minus the forbidden A_nn·u_n.
-    return fast_pointwise_attention(q, k, v + u, u, bias)
+    # mvp: one pass over v + u, minus the forbidden diagonal term A_nn·u_n (in the kernel).
+    return fast_pointwise_attention(q, k, v, bias, u, strict=strict)
 
 
 def strict_pooling(

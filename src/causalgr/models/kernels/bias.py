@@ -64,8 +64,11 @@ def add_block_bias(scores: torch.Tensor, tables: BiasTables, distance: torch.Ten
 def bias_table_grads(
     grad_scores: torch.Tensor, distance: torch.Tensor, bucket: torch.Tensor, position: torch.Tensor, time: torch.Tensor
 ) -> None:
-    """Accumulate ∂loss/∂rab of one block (grad_scores [B, H, rows, keys]) into the table grads [P, H], [Tb, H]."""
-    grad_scores = grad_scores.to(time.dtype)
-    for h in range(grad_scores.shape[1]):
-        position[:, h].scatter_add_(0, distance.reshape(-1), grad_scores[:, h].sum(0).reshape(-1))
-        time[:, h].scatter_add_(0, bucket.reshape(-1).long(), grad_scores[:, h].reshape(-1))
+    """Accumulate ∂loss/∂rab of one block (grad_scores [B, H, rows, keys], contiguous) into the table
+    grads [P, H], [Tb, H]. One (row, head) at a time, so every operand is a view: no copy of the block
+    and no int64 copy of the buckets."""
+    B, H = grad_scores.shape[:2]
+    for h in range(H):
+        position[:, h].index_add_(0, distance.view(-1), grad_scores[:, h].sum(0).view(-1).to(position.dtype))
+        for b in range(B):
+            time[:, h].index_add_(0, bucket[b].view(-1), grad_scores[b, h].view(-1).to(time.dtype))

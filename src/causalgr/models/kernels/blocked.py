@@ -70,6 +70,13 @@ def blocked_forward(
     return out
 
 
+def _matmul_into(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a @ b [B, H, m, n] written into `out` (contiguous, same shape), so no new slab is made."""
+    B, H, m, n = out.shape
+    torch.bmm(a.reshape(B * H, m, -1), b.reshape(B * H, -1, n), out=out.view(B * H, m, n))
+    return out
+
+
 def blocked_backward(
     grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, x: torch.Tensor, y: torch.Tensor | None,
     tables: BiasTables, strict: bool = False, block: int | None = None,
@@ -77,30 +84,32 @@ def blocked_backward(
     """Gradients (q, k, x, y, position table, time table) of `blocked_forward`, one recomputed block at a time."""
     L, scale, block = q.shape[-2], 1.0 / math.sqrt(q.shape[-1]), block_rows(q, block)
     grad_q, grad_k, grad_x = torch.empty_like(q), torch.zeros_like(k), torch.zeros_like(x)
-    grad_y = None if y is None else torch.empty_like(y)
+    diagonal = None if y is None else q.new_empty(q.shape[:-1])  # A_nn, [B, H, L]: grad_y = −A_nn·g_n after the loop
     grad_position, grad_time = torch.zeros_like(tables.position), torch.zeros_like(tables.time)
     for start in range(0, L, block):
         stop = min(start + block, L)
         q_block, grad_block = q[:, :, start:stop], grad_out[:, :, start:stop]  # [B, H, rows, dh]
-        # At most three [B, H, rows, stop] slabs are alive at once (scores, gate, weights or their
-        # gradient), and every one is dropped before the next block's: this working set is the part
-        # of a training step's peak memory that does not grow with the number of tokens.
+        # Two [B, H, rows, stop] slabs are alive at once (plus the int32 time buckets), and both are
+        # dropped before the next block's: this working set is the part of a training step's peak
+        # memory that does not grow with the number of tokens. Slab 1 holds the scores, then the
+        # weights, then their gradient; slab 2 the sigmoid, then SiLU's slope.
         scores, distance, bucket = _scores(q_block, k, tables, start, stop)
-        gate = torch.sigmoid(scores)
+        slope = torch.sigmoid(scores)  # σ(s) for now
+        weights = scores.mul_(slope)  # SiLU(s) = s·σ, over the scores
+        slope.addcmul_(weights, slope, value=-1.0).add_(weights)  # SiLU'(s) = σ + SiLU(s)·(1 − σ), over σ
         mask = _allowed_over_count(start, stop, strict, q.dtype, q.device)
-        weights = torch.mul(scores, gate).mul_(mask)  # A, [B, H, rows, stop]
+        weights.mul_(mask)  # A, [B, H, rows, stop]
         grad_x[:, :, :stop] += weights.transpose(-2, -1) @ grad_block
         if y is not None:
-            grad_y[:, :, start:stop] = -weights[..., start:stop].diagonal(dim1=-2, dim2=-1)[..., None] * grad_block
-        del weights
-        grad_weights = grad_block @ x[:, :, :stop].transpose(-2, -1)  # ∂/∂A, [B, H, rows, stop]
+            diagonal[..., start:stop] = weights[..., start:stop].diagonal(dim1=-2, dim2=-1)
+        grad_weights = _matmul_into(weights, grad_block, x[:, :, :stop].transpose(-2, -1))  # ∂/∂A, over A
         if y is not None:
             grad_weights[..., start:stop].diagonal(dim1=-2, dim2=-1).sub_((grad_block * y[:, :, start:stop]).sum(-1))
-        # SiLU'(s) = σ(s)·(1 + s − s·σ(s)), in place over the scores.
-        grad_scores = scores.addcmul_(scores, gate, value=-1.0).add_(1.0).mul_(gate).mul_(grad_weights).mul_(mask)
-        del gate, grad_weights
+        grad_scores = grad_weights.mul_(slope).mul_(mask)
+        del slope
         grad_q[:, :, start:stop] = (grad_scores @ k[:, :, :stop]) * scale
         grad_k[:, :, :stop] += (grad_scores.transpose(-2, -1) @ q_block) * scale
         bias_table_grads(grad_scores, distance, bucket, grad_position, grad_time)
-        del scores, grad_scores, bucket
+        del scores, weights, grad_weights, grad_scores, bucket
+    grad_y = None if y is None else -diagonal[..., None] * grad_out
     return grad_q, grad_k, grad_x, grad_y, grad_position, grad_time

@@ -1,7 +1,7 @@
-"""The autograd entry of the fast HSTU attention: Triton forward on CUDA, blocked PyTorch on CPU.
+"""The autograd entry of the fast HSTU attention: our Triton kernels on CUDA, blocked PyTorch on CPU.
 
-Both engines compute the same thing (see `blocked.py`) and share the blocked backward, which
-recomputes scores per query block from q, k and the bias tables.
+Both engines compute the same thing (see `blocked.py`); both backwards recompute the scores
+per block from q, k and the bias tables instead of storing them.
 """
 
 from __future__ import annotations
@@ -26,44 +26,57 @@ def default_engine(device: torch.device) -> str:
 
 
 class _PointwiseAttention(torch.autograd.Function):
+    """mvp passes u: the kernels run on x = v + u with the diagonal correction y = u. Only v and u
+    are saved (v is a view of the layer's f1 output, kept anyway); x is rebuilt in the backward,
+    so mvp keeps one extra [B, L, D] tensor per layer (u) instead of two."""
+
     @staticmethod
-    def forward(ctx, q, k, x, y, position, time, timestamps, strict: bool, engine: str, block: int):
+    def forward(ctx, q, k, v, u, position, time, timestamps, strict: bool, engine: str, block: int):
         tables = BiasTables(position, time, timestamps)
+        x = v if u is None else v + u
         if engine == "triton":
             from causalgr.models.kernels.triton_hstu import triton_forward
 
-            out = triton_forward(q, k, x, y, tables, strict)
+            out = triton_forward(q, k, x, u, tables, strict)
         else:
-            out = blocked_forward(q, k, x, y, tables, strict, block)
-        ctx.save_for_backward(q, k, x, y, position, time, timestamps)
-        ctx.strict, ctx.block = strict, block
+            out = blocked_forward(q, k, x, u, tables, strict, block)
+        ctx.save_for_backward(q, k, v, u, position, time, timestamps)
+        ctx.strict, ctx.block, ctx.engine = strict, block, engine
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        q, k, x, y, position, time, timestamps = ctx.saved_tensors
-        grads = blocked_backward(
-            grad_out.contiguous(), q, k, x, y, BiasTables(position, time, timestamps), ctx.strict, ctx.block
-        )
-        return (*grads, None, None, None, None)
+        q, k, v, u, position, time, timestamps = ctx.saved_tensors
+        tables = BiasTables(position, time, timestamps)
+        x = v if u is None else v + u
+        if ctx.engine == "triton":
+            from causalgr.models.kernels.triton_hstu import triton_backward
+
+            grads = triton_backward(grad_out, q, k, x, u, tables, ctx.strict)
+        else:
+            grads = blocked_backward(grad_out, q, k, x, u, tables, ctx.strict, ctx.block)
+        grad_q, grad_k, grad_x, grad_y, grad_position, grad_time = grads
+        grad_u = None if u is None else grad_y.add_(grad_x)  # x = v + u and y = u both depend on u
+        return grad_q, grad_k, grad_x, grad_u, grad_position, grad_time, None, None, None, None
 
 
 @torch.compiler.disable  # runs as written under torch.compile: its loops would unroll into huge graphs
 def fast_pointwise_attention(
     q: torch.Tensor,
     k: torch.Tensor,
-    x: torch.Tensor,
-    y: torch.Tensor | None,
+    v: torch.Tensor,
     tables: BiasTables,
+    u: torch.Tensor | None = None,
     *,
     strict: bool = False,
     engine: str | None = None,
     block: int | None = None,
 ) -> torch.Tensor:
-    """out_n = Σ_{j≤n} A_nj x_j − A_nn y_n (j < n with `strict`), [B, H, L, dh], without an [L, L] tensor."""
+    """HSTU attention [B, H, L, dh] without an [L, L] tensor: Σ_{j≤n} A_nj v_j (j < n with `strict`),
+    and with mvp's action values u also Σ_{j<n} A_nj u_j."""
     engine = engine or default_engine(q.device)
     if engine not in ("triton", "blocked"):
         raise ValueError(f"engine must be 'triton' or 'blocked', got {engine!r}")
-    if strict and y is not None:
-        raise ValueError("the diagonal correction y only applies to the inclusive (j ≤ n) mask")
-    return _PointwiseAttention.apply(q, k, x, y, tables.position, tables.time, tables.timestamps, strict, engine, block)
+    if strict and u is not None:
+        raise ValueError("mvp mixing (u) uses the inclusive mask for v; strict does not apply")
+    return _PointwiseAttention.apply(q, k, v, u, tables.position, tables.time, tables.timestamps, strict, engine, block)

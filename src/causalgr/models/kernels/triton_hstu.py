@@ -1,14 +1,25 @@
-"""Our Triton kernel for HSTU's pointwise attention forward (CUDA; `TRITON_INTERPRET=1` on CPU).
+"""Our Triton kernels for HSTU's pointwise attention, forward and backward (CUDA; `TRITON_INTERPRET=1` on CPU).
 
-One program computes one block of queries of one (batch row, head): it walks the key blocks
-up to the diagonal (the blocks above it are skipped), builds the relative-position and
+Forward: one program computes one block of queries of one (batch row, head): it walks the key
+blocks up to the diagonal (the blocks above it are skipped), builds the relative-position and
 time-gap bias in registers from the two small tables and the timestamps, and accumulates
 
-    out_n = Σ_j A_nj x_j − A_nn y_n,   A_nj = SiLU(q_n·k_j/√d + rab_nj) / (n + 1), j ≤ n (j < n if STRICT)
+    out_n = Σ_j A_nj x_j − A_nn y_n,   A_nj = SiLU(s_nj) / (n + 1), j ≤ n (j < n if STRICT),
+    s_nj = q_n·k_j/√d + rab_nj
 
-exactly as `blocked.blocked_forward` does; the backward is the blocked PyTorch one. The
-time bucket counts the bucket edges θ_k ≤ gap (`bias.bucket_edges`), which reproduces
-`timegaps.log_bucket` exactly, float32 rounding included.
+exactly as `blocked.blocked_forward` does. The time bucket counts the bucket edges θ_k ≤ gap
+(`bias.bucket_edges`), which reproduces `timegaps.log_bucket` exactly, float32 rounding included.
+
+Backward (FlashAttention-2 style, as `blocked.blocked_backward`): no [L, L] tensor is stored;
+each tile's s and A are recomputed from q, k and the tables. With g = ∂loss/∂out,
+
+    ∂A_nj = g_n·x_j − [n = j] g_n·y_n,   ∂s_nj = ∂A_nj · SiLU'(s_nj) / (n + 1) over the mask,
+    SiLU'(s) = σ(s)(1 + s − s·σ(s)).
+
+One kernel runs one program per key block (walking the query blocks from that block's diagonal
+down): grad_x_j = Σ_n A_nj g_n, grad_k_j = Σ_n ∂s_nj q_n/√d, and ∂s atomically added into the
+position and time tables' gradients. A second runs one program per query block (walking the key
+blocks up to the diagonal, like the forward): grad_q_n = Σ_j ∂s_nj k_j/√d and grad_y_n = −A_nn g_n.
 """
 
 from __future__ import annotations
@@ -20,7 +31,7 @@ import triton
 import triton.language as tl
 
 from causalgr.models.kernels.bias import BiasTables, bucket_edges
-from causalgr.models.kernels.blocked import blocked_forward
+from causalgr.models.kernels.blocked import blocked_backward, blocked_forward
 
 
 @triton.jit
@@ -102,3 +113,184 @@ def triton_forward(
         STRICT=strict, HAS_Y=y is not None, PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
     )
     return out
+
+
+@triton.jit
+def _hstu_backward_keys_kernel(
+    Q, K, X, Y, GRAD, DK, DX, DPOS, DTIME, POS, TIME, TS, EDGES,
+    stride_qb, stride_qh, stride_ql, stride_kb, stride_kh, stride_kl,
+    stride_xb, stride_xh, stride_xl, stride_yb, stride_yh, stride_yl,
+    stride_gb, stride_gh, stride_gl, stride_dkb, stride_dkh, stride_dkl, stride_dxb, stride_dxh, stride_dxl,
+    stride_pp, stride_ph, stride_tt, stride_th, stride_sb, stride_sl,
+    H, L, P, scale,
+    TB: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    STRICT: tl.constexpr, HAS_Y: tl.constexpr, PRECISION: tl.constexpr,
+):
+    # grad_k, grad_x of one key block, and its share of the bias-table gradients: atomics, as
+    # every tile of every (batch row, head) adds into the same [P, H] and [Tb, H] entries.
+    pid_n = tl.program_id(0)
+    b = tl.program_id(1) // H
+    h = tl.program_id(1) % H
+    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    dims = tl.arange(0, BLOCK_D)
+    col_ok = cols < L
+    dim_ok = dims < HEAD_DIM
+    k = tl.load(K + b * stride_kb + h * stride_kh + cols[:, None] * stride_kl + dims[None, :],
+                mask=col_ok[:, None] & dim_ok[None, :], other=0.0)
+    x = tl.load(X + b * stride_xb + h * stride_xh + cols[:, None] * stride_xl + dims[None, :],
+                mask=col_ok[:, None] & dim_ok[None, :], other=0.0)
+    t_cols = tl.load(TS + b * stride_sb + cols * stride_sl, mask=col_ok, other=0)
+    grad_k = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
+    grad_x = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
+    first = (pid_n * BLOCK_N) // BLOCK_M * BLOCK_M  # queries before the block's first key never see it
+    for start in range(first, L, BLOCK_M):
+        rows = start + tl.arange(0, BLOCK_M)
+        row_ok = rows < L
+        q = tl.load(Q + b * stride_qb + h * stride_qh + rows[:, None] * stride_ql + dims[None, :],
+                    mask=row_ok[:, None] & dim_ok[None, :], other=0.0)
+        g = tl.load(GRAD + b * stride_gb + h * stride_gh + rows[:, None] * stride_gl + dims[None, :],
+                    mask=row_ok[:, None] & dim_ok[None, :], other=0.0)
+        # The scores and weights of the tile, recomputed exactly as the forward does.
+        scores = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale  # [BLOCK_M, BLOCK_N]
+        distance = tl.minimum(tl.maximum(rows[:, None] - cols[None, :], 0), P - 1)
+        scores += tl.load(POS + distance * stride_pp + h * stride_ph)
+        t_rows = tl.load(TS + b * stride_sb + rows * stride_sl, mask=row_ok, other=0)
+        gap = t_rows[:, None] - t_cols[None, :]
+        bucket = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
+        for edge in tl.static_range(TB - 1):  # bucket = #{k : gap ≥ θ_k}
+            bucket += (gap >= tl.load(EDGES + edge)).to(tl.int32)
+        scores += tl.load(TIME + bucket * stride_tt + h * stride_th)
+        if STRICT:
+            allowed = cols[None, :] < rows[:, None]
+        else:
+            allowed = cols[None, :] <= rows[:, None]
+        allowed = allowed & row_ok[:, None]  # cols ≤ rows < L: the keys are in range too
+        inv_count = 1.0 / (rows + 1).to(tl.float32)
+        gate = tl.sigmoid(scores)
+        weights = tl.where(allowed, scores * gate, 0.0) * inv_count[:, None]
+        grad_x += tl.dot(tl.trans(weights).to(g.dtype), g, input_precision=PRECISION)
+        # ∂/∂A_nj = g_n·x_j, minus g_n·y_n on the diagonal; then through SiLU'(s) = σ(s)(1 + s − s·σ(s)).
+        grad_weights = tl.dot(g, tl.trans(x), input_precision=PRECISION)
+        if HAS_Y:
+            y = tl.load(Y + b * stride_yb + h * stride_yh + rows[:, None] * stride_yl + dims[None, :],
+                        mask=row_ok[:, None] & dim_ok[None, :], other=0.0)
+            g_dot_y = tl.sum(g.to(tl.float32) * y.to(tl.float32), axis=1)
+            grad_weights -= tl.where(cols[None, :] == rows[:, None], g_dot_y[:, None], 0.0)
+        grad_scores = tl.where(allowed, grad_weights * gate * (1.0 + scores - scores * gate), 0.0) * inv_count[:, None]
+        grad_k += tl.dot(tl.trans(grad_scores).to(q.dtype), q, input_precision=PRECISION)
+        tl.atomic_add(DPOS + distance * stride_pp + h * stride_ph, grad_scores, mask=allowed, sem="relaxed")
+        tl.atomic_add(DTIME + bucket * stride_tt + h * stride_th, grad_scores, mask=allowed, sem="relaxed")
+    tl.store(DK + b * stride_dkb + h * stride_dkh + cols[:, None] * stride_dkl + dims[None, :],
+             (grad_k * scale).to(DK.dtype.element_ty), mask=col_ok[:, None] & dim_ok[None, :])
+    tl.store(DX + b * stride_dxb + h * stride_dxh + cols[:, None] * stride_dxl + dims[None, :],
+             grad_x.to(DX.dtype.element_ty), mask=col_ok[:, None] & dim_ok[None, :])
+
+
+@triton.jit
+def _hstu_backward_queries_kernel(
+    Q, K, X, Y, GRAD, DQ, DY, POS, TIME, TS, EDGES,
+    stride_qb, stride_qh, stride_ql, stride_kb, stride_kh, stride_kl,
+    stride_xb, stride_xh, stride_xl, stride_yb, stride_yh, stride_yl,
+    stride_gb, stride_gh, stride_gl, stride_dqb, stride_dqh, stride_dql, stride_dyb, stride_dyh, stride_dyl,
+    stride_pp, stride_ph, stride_tt, stride_th, stride_sb, stride_sl,
+    H, L, P, scale,
+    TB: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    STRICT: tl.constexpr, HAS_Y: tl.constexpr, PRECISION: tl.constexpr,
+):
+    # grad_q (and grad_y = −A_nn g_n) of one query block, walking the key blocks as the forward does.
+    pid_m = tl.program_id(0)
+    b = tl.program_id(1) // H
+    h = tl.program_id(1) % H
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    dims = tl.arange(0, BLOCK_D)
+    row_ok = rows < L
+    dim_ok = dims < HEAD_DIM
+    q = tl.load(Q + b * stride_qb + h * stride_qh + rows[:, None] * stride_ql + dims[None, :],
+                mask=row_ok[:, None] & dim_ok[None, :], other=0.0)
+    g = tl.load(GRAD + b * stride_gb + h * stride_gh + rows[:, None] * stride_gl + dims[None, :],
+                mask=row_ok[:, None] & dim_ok[None, :], other=0.0)
+    if HAS_Y:
+        y = tl.load(Y + b * stride_yb + h * stride_yh + rows[:, None] * stride_yl + dims[None, :],
+                    mask=row_ok[:, None] & dim_ok[None, :], other=0.0)
+        g_dot_y = tl.sum(g.to(tl.float32) * y.to(tl.float32), axis=1)
+    t_rows = tl.load(TS + b * stride_sb + rows * stride_sl, mask=row_ok, other=0)
+    inv_count = 1.0 / (rows + 1).to(tl.float32)
+    grad_q = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
+    diagonal = tl.zeros((BLOCK_M,), dtype=tl.float32)
+    last = tl.minimum((pid_m + 1) * BLOCK_M, L)  # keys past the block's last query are never seen
+    for start in range(0, last, BLOCK_N):
+        cols = start + tl.arange(0, BLOCK_N)
+        col_ok = cols < L
+        k = tl.load(K + b * stride_kb + h * stride_kh + cols[:, None] * stride_kl + dims[None, :],
+                    mask=col_ok[:, None] & dim_ok[None, :], other=0.0)
+        scores = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale  # [BLOCK_M, BLOCK_N]
+        distance = tl.minimum(tl.maximum(rows[:, None] - cols[None, :], 0), P - 1)
+        scores += tl.load(POS + distance * stride_pp + h * stride_ph)
+        t_cols = tl.load(TS + b * stride_sb + cols * stride_sl, mask=col_ok, other=0)
+        gap = t_rows[:, None] - t_cols[None, :]
+        bucket = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
+        for edge in tl.static_range(TB - 1):  # bucket = #{k : gap ≥ θ_k}
+            bucket += (gap >= tl.load(EDGES + edge)).to(tl.int32)
+        scores += tl.load(TIME + bucket * stride_tt + h * stride_th)
+        if STRICT:
+            allowed = cols[None, :] < rows[:, None]
+        else:
+            allowed = cols[None, :] <= rows[:, None]
+        allowed = allowed & col_ok[None, :]
+        gate = tl.sigmoid(scores)
+        x = tl.load(X + b * stride_xb + h * stride_xh + cols[:, None] * stride_xl + dims[None, :],
+                    mask=col_ok[:, None] & dim_ok[None, :], other=0.0)
+        grad_weights = tl.dot(g, tl.trans(x), input_precision=PRECISION)  # as in the keys kernel
+        if HAS_Y:
+            on_diagonal = cols[None, :] == rows[:, None]
+            grad_weights -= tl.where(on_diagonal, g_dot_y[:, None], 0.0)
+            weights = tl.where(allowed, scores * gate, 0.0) * inv_count[:, None]
+            diagonal += tl.sum(tl.where(on_diagonal, weights, 0.0), axis=1)
+        grad_scores = tl.where(allowed, grad_weights * gate * (1.0 + scores - scores * gate), 0.0) * inv_count[:, None]
+        grad_q += tl.dot(grad_scores.to(k.dtype), k, input_precision=PRECISION)
+    tl.store(DQ + b * stride_dqb + h * stride_dqh + rows[:, None] * stride_dql + dims[None, :],
+             (grad_q * scale).to(DQ.dtype.element_ty), mask=row_ok[:, None] & dim_ok[None, :])
+    if HAS_Y:
+        grad_y = -diagonal[:, None] * g.to(tl.float32)
+        tl.store(DY + b * stride_dyb + h * stride_dyh + rows[:, None] * stride_dyl + dims[None, :],
+                 grad_y.to(DY.dtype.element_ty), mask=row_ok[:, None] & dim_ok[None, :])
+
+
+def triton_backward(
+    grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, x: torch.Tensor, y: torch.Tensor | None,
+    tables: BiasTables, strict: bool = False, block_m: int = 64, block_n: int = 64,
+):
+    """Gradients (q, k, x, y, position table, time table) of `triton_forward`, as `blocked.blocked_backward`
+    returns them; float64 inputs go to that blocked PyTorch backward."""
+    if q.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        return blocked_backward(grad_out, q, k, x, y, tables, strict)
+    B, H, L, dh = q.shape
+    grad_out, q, k, x = (t if t.stride(-1) == 1 else t.contiguous() for t in (grad_out, q, k, x))
+    y_arg = x if y is None else (y if y.stride(-1) == 1 else y.contiguous())  # any valid pointer when unused
+    position = tables.position.to(torch.float32)
+    time = tables.time.to(torch.float32)
+    grad_q, grad_k, grad_x = torch.empty_like(q), torch.empty_like(k), torch.empty_like(x)
+    grad_y = None if y is None else torch.empty_like(y_arg)
+    grad_y_arg = grad_q if grad_y is None else grad_y  # any valid pointer when unused
+    grad_position, grad_time = torch.zeros_like(position), torch.zeros_like(time)  # float32 atomics
+    edges = bucket_edges(time.shape[0], q.device)
+    common = (
+        *q.stride()[:3], *k.stride()[:3], *x.stride()[:3], *y_arg.stride()[:3], *grad_out.stride()[:3],
+    )
+    tails = (
+        *position.stride(), *time.stride(), *tables.timestamps.stride(),
+        H, L, position.shape[0], 1.0 / math.sqrt(dh),
+    )
+    meta = dict(
+        TB=time.shape[0], HEAD_DIM=dh, BLOCK_D=max(16, triton.next_power_of_2(dh)), BLOCK_M=block_m, BLOCK_N=block_n,
+        STRICT=strict, HAS_Y=y is not None, PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
+    )
+    _hstu_backward_keys_kernel[(triton.cdiv(L, block_n), B * H)](
+        q, k, x, y_arg, grad_out, grad_k, grad_x, grad_position, grad_time, position, time, tables.timestamps, edges,
+        *common, *grad_k.stride()[:3], *grad_x.stride()[:3], *tails, **meta,
+    )
+    _hstu_backward_queries_kernel[(triton.cdiv(L, block_m), B * H)](
+        q, k, x, y_arg, grad_out, grad_q, grad_y_arg, position, time, tables.timestamps, edges,
+        *common, *grad_q.stride()[:3], *grad_y_arg.stride()[:3], *tails, **meta,
+    )
+    return grad_q, grad_k, grad_x, grad_y, grad_position.to(tables.position.dtype), grad_time.to(tables.time.dtype)
