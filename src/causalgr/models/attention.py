@@ -48,9 +48,14 @@ def softmax_attention(
         return out
     if u is None:
         return F.scaled_dot_product_attention(q, k, v, is_causal=True)
-    # One flash-capable call on v + u, then remove the diagonal term α_nn·u_n that j < n forbids.
+    # One flash call on v + u, then remove the diagonal term α_nn·u_n that j < n forbids. α_nn =
+    # exp(s_nn − logsumexp_n): PyTorch's CPU flash kernel returns the logsumexp (its output stays
+    # differentiable); elsewhere `softmax_diagonal` computes it blockwise. O(L) memory either way.
+    if q.device.type == "cpu":
+        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v + u, 0.0, True)
+        return out - softmax_diagonal(q, k, lse)[..., None] * u
     out = F.scaled_dot_product_attention(q, k, v + u, is_causal=True)
-    return out - softmax_diagonal(q, k)[..., None] * u  # α_nn from a blocked logsumexp, O(L) memory
+    return out - softmax_diagonal(q, k)[..., None] * u
 
 
 def relative_bias(tables: BiasTables) -> torch.Tensor:

@@ -1,8 +1,9 @@
 """α_nn = exp(s_nn − logsumexp_{j≤n} s_nj) of causal softmax attention, without an [L, L] tensor.
 
 mvp's diagonal correction on the softmax backbone needs the weight each query puts on its own
-key. The forward keeps only the row logsumexp; the backward recomputes the probabilities a
-block of queries at a time:  ∂α_nn/∂s_nj = α_nn (δ_nj − p_nj).
+key. The forward needs only the row logsumexp (from the flash kernel where it returns one,
+else a blocked pass here); the backward recomputes the probabilities a block of queries at a
+time:  ∂α_nn/∂s_nj = α_nn (δ_nj − p_nj).
 """
 
 from __future__ import annotations
@@ -24,12 +25,14 @@ def _block_probs(q_block: torch.Tensor, k: torch.Tensor, start: int, stop: int, 
 
 class _SoftmaxDiagonal(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, block: int):
+    def forward(ctx, q, k, lse, block: int):
         L = q.shape[-2]
-        lse = torch.empty(q.shape[:-1], dtype=q.dtype, device=q.device)  # [B, H, L]
-        for start in range(0, L, block):
-            stop = min(start + block, L)
-            lse[..., start:stop] = _block_probs(q[:, :, start:stop], k, start, stop, None).logsumexp(-1)
+        if lse is None:
+            lse = torch.empty(q.shape[:-1], dtype=q.dtype, device=q.device)  # [B, H, L]
+            for start in range(0, L, block):
+                stop = min(start + block, L)
+                lse[..., start:stop] = _block_probs(q[:, :, start:stop], k, start, stop, None).logsumexp(-1)
+        lse = lse.to(q.dtype)
         alpha = torch.exp((q * k).sum(-1) / math.sqrt(q.shape[-1]) - lse)
         ctx.save_for_backward(q, k, lse, alpha)
         ctx.block = block
@@ -47,10 +50,16 @@ class _SoftmaxDiagonal(torch.autograd.Function):
             probs = _block_probs(q[:, :, start:stop], k, start, stop, lse[..., start:stop])  # [B, H, rows, stop]
             grad_q[:, :, start:stop] -= (probs @ k[:, :, :stop]) * (w[:, :, start:stop] * scale)
             grad_k[:, :, :stop] -= probs.transpose(-2, -1) @ (w[:, :, start:stop] * q[:, :, start:stop]) * scale
-        return grad_q, grad_k, None
+        return grad_q, grad_k, None, None
 
 
 @torch.compiler.disable  # runs as written under torch.compile, like the HSTU kernels
-def softmax_diagonal(q: torch.Tensor, k: torch.Tensor, block: int = BLOCK) -> torch.Tensor:
-    """α_nn [B, H, L] of causal softmax attention over q, k [B, H, L, dh]; differentiable, memory O(block · L)."""
-    return _SoftmaxDiagonal.apply(q, k, block)
+def softmax_diagonal(
+    q: torch.Tensor, k: torch.Tensor, lse: torch.Tensor | None = None, block: int = BLOCK
+) -> torch.Tensor:
+    """α_nn [B, H, L] of causal softmax attention over q, k [B, H, L, dh]; differentiable, memory O(block · L).
+
+    `lse` [B, H, L]: the rows' logsumexp, where a flash kernel already returned it (a function of
+    q and k, so it is not differentiated separately: the backward covers it); else computed here.
+    """
+    return _SoftmaxDiagonal.apply(q, k, None if lse is None else lse.detach(), block)
