@@ -35,6 +35,22 @@ from causalgr.models.kernels.blocked import blocked_backward, blocked_forward
 
 
 @triton.jit
+def _tile_scores(q, k, rows, cols, t_rows, t_cols, POS, TIME, EDGES, h,
+                 stride_pp, stride_ph, stride_tt, stride_th, P, scale,
+                 TB: tl.constexpr, PRECISION: tl.constexpr):
+    """s = q·kᵀ/√d + rab of one [BLOCK_M, BLOCK_N] tile, and its distance and time-bucket indices."""
+    scores = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale
+    distance = tl.minimum(tl.maximum(rows[:, None] - cols[None, :], 0), P - 1)
+    scores += tl.load(POS + distance * stride_pp + h * stride_ph)
+    gap = t_rows[:, None] - t_cols[None, :]
+    bucket = tl.zeros(scores.shape, dtype=tl.int32)
+    for edge in tl.static_range(TB - 1):  # bucket = #{k : gap ≥ θ_k}
+        bucket += (gap >= tl.load(EDGES + edge)).to(tl.int32)
+    scores += tl.load(TIME + bucket * stride_tt + h * stride_th)
+    return scores, distance, bucket
+
+
+@triton.jit
 def _hstu_forward_kernel(
     Q, K, X, Y, OUT, POS, TIME, TS, EDGES,
     stride_qb, stride_qh, stride_ql, stride_kb, stride_kh, stride_kl,
@@ -63,15 +79,9 @@ def _hstu_forward_kernel(
         col_ok = cols < L
         k = tl.load(K + b * stride_kb + h * stride_kh + cols[:, None] * stride_kl + dims[None, :],
                     mask=col_ok[:, None] & dim_ok[None, :], other=0.0)
-        scores = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale  # [BLOCK_M, BLOCK_N]
-        distance = tl.minimum(tl.maximum(rows[:, None] - cols[None, :], 0), P - 1)
-        scores += tl.load(POS + distance * stride_pp + h * stride_ph)
         t_cols = tl.load(TS + b * stride_sb + cols * stride_sl, mask=col_ok, other=0)
-        gap = t_rows[:, None] - t_cols[None, :]
-        bucket = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
-        for edge in tl.static_range(TB - 1):  # bucket = #{k : gap ≥ θ_k}
-            bucket += (gap >= tl.load(EDGES + edge)).to(tl.int32)
-        scores += tl.load(TIME + bucket * stride_tt + h * stride_th)
+        scores, _, _ = _tile_scores(q, k, rows, cols, t_rows, t_cols, POS, TIME, EDGES, h,
+                                    stride_pp, stride_ph, stride_tt, stride_th, P, scale, TB, PRECISION)
         if STRICT:
             allowed = cols[None, :] < rows[:, None]
         else:
@@ -151,15 +161,9 @@ def _hstu_backward_keys_kernel(
         g = tl.load(GRAD + b * stride_gb + h * stride_gh + rows[:, None] * stride_gl + dims[None, :],
                     mask=row_ok[:, None] & dim_ok[None, :], other=0.0)
         # The scores and weights of the tile, recomputed exactly as the forward does.
-        scores = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale  # [BLOCK_M, BLOCK_N]
-        distance = tl.minimum(tl.maximum(rows[:, None] - cols[None, :], 0), P - 1)
-        scores += tl.load(POS + distance * stride_pp + h * stride_ph)
         t_rows = tl.load(TS + b * stride_sb + rows * stride_sl, mask=row_ok, other=0)
-        gap = t_rows[:, None] - t_cols[None, :]
-        bucket = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
-        for edge in tl.static_range(TB - 1):  # bucket = #{k : gap ≥ θ_k}
-            bucket += (gap >= tl.load(EDGES + edge)).to(tl.int32)
-        scores += tl.load(TIME + bucket * stride_tt + h * stride_th)
+        scores, distance, bucket = _tile_scores(q, k, rows, cols, t_rows, t_cols, POS, TIME, EDGES, h,
+                                                stride_pp, stride_ph, stride_tt, stride_th, P, scale, TB, PRECISION)
         if STRICT:
             allowed = cols[None, :] < rows[:, None]
         else:
@@ -223,15 +227,9 @@ def _hstu_backward_queries_kernel(
         col_ok = cols < L
         k = tl.load(K + b * stride_kb + h * stride_kh + cols[:, None] * stride_kl + dims[None, :],
                     mask=col_ok[:, None] & dim_ok[None, :], other=0.0)
-        scores = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale  # [BLOCK_M, BLOCK_N]
-        distance = tl.minimum(tl.maximum(rows[:, None] - cols[None, :], 0), P - 1)
-        scores += tl.load(POS + distance * stride_pp + h * stride_ph)
         t_cols = tl.load(TS + b * stride_sb + cols * stride_sl, mask=col_ok, other=0)
-        gap = t_rows[:, None] - t_cols[None, :]
-        bucket = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
-        for edge in tl.static_range(TB - 1):  # bucket = #{k : gap ≥ θ_k}
-            bucket += (gap >= tl.load(EDGES + edge)).to(tl.int32)
-        scores += tl.load(TIME + bucket * stride_tt + h * stride_th)
+        scores, _, _ = _tile_scores(q, k, rows, cols, t_rows, t_cols, POS, TIME, EDGES, h,
+                                    stride_pp, stride_ph, stride_tt, stride_th, P, scale, TB, PRECISION)
         if STRICT:
             allowed = cols[None, :] < rows[:, None]
         else:
