@@ -244,23 +244,42 @@ def _add_ratios(rows: list[dict]) -> None:
         row["memory_vs_interleaved"] = row["peak_memory_bytes"] / base["peak_memory_bytes"] if has_memory else None
 
 
-def print_table(result: dict) -> None:
-    from rich.console import Console
-    from rich.table import Table
+COLUMNS = ("backbone", "length", "formulation", "train ev/s", "vs il.", "infer ev/s", "vs il.", "peak MiB", "vs il.")
 
+
+def table_rows(result: dict) -> list[list[str]]:
+    """The cells of the result table, one list per row, in COLUMNS order."""
     ratio = lambda x: "" if x is None else f"{x:.2f}×"  # noqa: E731
-    table = Table(title=f"causalgr bench — {result['device']}")
-    for name in ("backbone", "length", "formulation", "train ev/s", "vs il.", "infer ev/s", "vs il.", "peak MiB", "vs il."):
-        table.add_column(name, justify="left" if name in ("backbone", "formulation") else "right")
+    rows = []
     for r in result["rows"]:
         memory = r["peak_memory_bytes"]
-        table.add_row(
+        rows.append([
             r["backbone"], str(r["length"]), r["formulation"],
             f"{r['train_events_per_second']:,.0f}", ratio(r["train_speedup_vs_interleaved"]),
             f"{r['infer_events_per_second']:,.0f}", ratio(r["infer_speedup_vs_interleaved"]),
             "" if memory is None else f"{memory / 2**20:,.1f}", ratio(r["memory_vs_interleaved"]),
-        )
+        ])
+    return rows
+
+
+def print_table(result: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"causalgr bench — {result['device']}")
+    for name in COLUMNS:
+        table.add_column(name, justify="left" if name in ("backbone", "formulation") else "right")
+    for row in table_rows(result):
+        table.add_row(*row)
     Console(width=max(Console().width, 120)).print(table)
+
+
+def markdown_table(result: dict) -> str:
+    """The same table in Markdown, as docs/benchmarks.md shows it."""
+    align = ["---" if name in ("backbone", "formulation") else "---:" for name in COLUMNS]
+    lines = [f"device: {result['device']}", "", "| " + " | ".join(COLUMNS) + " |", "|" + "|".join(align) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in table_rows(result)]
+    return "\n".join(lines)
 
 
 def plot_throughput(result: dict, path: Path) -> None:
