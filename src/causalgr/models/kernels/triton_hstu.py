@@ -35,6 +35,27 @@ from causalgr.models.kernels.blocked import blocked_backward, blocked_forward
 
 
 @triton.jit
+def _load_tile(BASE, b, h, stride_b, stride_h, stride_l, positions, position_ok, dims, dim_ok):
+    """The [positions, dims] tile of one (batch row, head) of a [B, H, L, dh] tensor; zeros outside."""
+    return tl.load(BASE + b * stride_b + h * stride_h + positions[:, None] * stride_l + dims[None, :],
+                   mask=position_ok[:, None] & dim_ok[None, :], other=0.0)
+
+
+@triton.jit
+def _store_tile(BASE, b, h, stride_b, stride_h, stride_l, positions, position_ok, dims, dim_ok, value):
+    tl.store(BASE + b * stride_b + h * stride_h + positions[:, None] * stride_l + dims[None, :],
+             value.to(BASE.dtype.element_ty), mask=position_ok[:, None] & dim_ok[None, :])
+
+
+@triton.jit
+def _allowed(rows, cols, STRICT: tl.constexpr):
+    """The mask of a tile: key j ≤ query n, or j < n when STRICT."""
+    if STRICT:
+        return cols[None, :] < rows[:, None]
+    return cols[None, :] <= rows[:, None]
+
+
+@triton.jit
 def _tile_scores(q, k, rows, cols, t_rows, t_cols, POS, TIME, EDGES, h,
                  stride_pp, stride_ph, stride_tt, stride_th, P, scale,
                  TB: tl.constexpr, PRECISION: tl.constexpr):
@@ -67,8 +88,7 @@ def _hstu_forward_kernel(
     dims = tl.arange(0, BLOCK_D)
     row_ok = rows < L
     dim_ok = dims < HEAD_DIM
-    q = tl.load(Q + b * stride_qb + h * stride_qh + rows[:, None] * stride_ql + dims[None, :],
-                mask=row_ok[:, None] & dim_ok[None, :], other=0.0)
+    q = _load_tile(Q, b, h, stride_qb, stride_qh, stride_ql, rows, row_ok, dims, dim_ok)
     t_rows = tl.load(TS + b * stride_sb + rows * stride_sl, mask=row_ok, other=0)
     inv_count = 1.0 / (rows + 1).to(tl.float32)
     acc = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
@@ -77,27 +97,20 @@ def _hstu_forward_kernel(
     for start in range(0, last, BLOCK_N):
         cols = start + tl.arange(0, BLOCK_N)
         col_ok = cols < L
-        k = tl.load(K + b * stride_kb + h * stride_kh + cols[:, None] * stride_kl + dims[None, :],
-                    mask=col_ok[:, None] & dim_ok[None, :], other=0.0)
+        k = _load_tile(K, b, h, stride_kb, stride_kh, stride_kl, cols, col_ok, dims, dim_ok)
         t_cols = tl.load(TS + b * stride_sb + cols * stride_sl, mask=col_ok, other=0)
         scores, _, _ = _tile_scores(q, k, rows, cols, t_rows, t_cols, POS, TIME, EDGES, h,
                                     stride_pp, stride_ph, stride_tt, stride_th, P, scale, TB, PRECISION)
-        if STRICT:
-            allowed = cols[None, :] < rows[:, None]
-        else:
-            allowed = cols[None, :] <= rows[:, None]
+        allowed = _allowed(rows, cols, STRICT)
         weights = tl.where(allowed & col_ok[None, :], scores * tl.sigmoid(scores), 0.0) * inv_count[:, None]
-        x = tl.load(X + b * stride_xb + h * stride_xh + cols[:, None] * stride_xl + dims[None, :],
-                    mask=col_ok[:, None] & dim_ok[None, :], other=0.0)
+        x = _load_tile(X, b, h, stride_xb, stride_xh, stride_xl, cols, col_ok, dims, dim_ok)
         acc += tl.dot(weights.to(x.dtype), x, input_precision=PRECISION)
         if HAS_Y:
             diagonal += tl.sum(tl.where(cols[None, :] == rows[:, None], weights, 0.0), axis=1)
     if HAS_Y:
-        y = tl.load(Y + b * stride_yb + h * stride_yh + rows[:, None] * stride_yl + dims[None, :],
-                    mask=row_ok[:, None] & dim_ok[None, :], other=0.0)
+        y = _load_tile(Y, b, h, stride_yb, stride_yh, stride_yl, rows, row_ok, dims, dim_ok)
         acc -= diagonal[:, None] * y.to(tl.float32)
-    tl.store(OUT + b * stride_ob + h * stride_oh + rows[:, None] * stride_ol + dims[None, :],
-             acc.to(OUT.dtype.element_ty), mask=row_ok[:, None] & dim_ok[None, :])
+    _store_tile(OUT, b, h, stride_ob, stride_oh, stride_ol, rows, row_ok, dims, dim_ok, acc)
 
 
 def triton_forward(
@@ -145,10 +158,8 @@ def _hstu_backward_keys_kernel(
     dims = tl.arange(0, BLOCK_D)
     col_ok = cols < L
     dim_ok = dims < HEAD_DIM
-    k = tl.load(K + b * stride_kb + h * stride_kh + cols[:, None] * stride_kl + dims[None, :],
-                mask=col_ok[:, None] & dim_ok[None, :], other=0.0)
-    x = tl.load(X + b * stride_xb + h * stride_xh + cols[:, None] * stride_xl + dims[None, :],
-                mask=col_ok[:, None] & dim_ok[None, :], other=0.0)
+    k = _load_tile(K, b, h, stride_kb, stride_kh, stride_kl, cols, col_ok, dims, dim_ok)
+    x = _load_tile(X, b, h, stride_xb, stride_xh, stride_xl, cols, col_ok, dims, dim_ok)
     t_cols = tl.load(TS + b * stride_sb + cols * stride_sl, mask=col_ok, other=0)
     grad_k = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
     grad_x = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
@@ -156,18 +167,13 @@ def _hstu_backward_keys_kernel(
     for start in range(first, L, BLOCK_M):
         rows = start + tl.arange(0, BLOCK_M)
         row_ok = rows < L
-        q = tl.load(Q + b * stride_qb + h * stride_qh + rows[:, None] * stride_ql + dims[None, :],
-                    mask=row_ok[:, None] & dim_ok[None, :], other=0.0)
-        g = tl.load(GRAD + b * stride_gb + h * stride_gh + rows[:, None] * stride_gl + dims[None, :],
-                    mask=row_ok[:, None] & dim_ok[None, :], other=0.0)
+        q = _load_tile(Q, b, h, stride_qb, stride_qh, stride_ql, rows, row_ok, dims, dim_ok)
+        g = _load_tile(GRAD, b, h, stride_gb, stride_gh, stride_gl, rows, row_ok, dims, dim_ok)
         # The scores and weights of the tile, recomputed exactly as the forward does.
         t_rows = tl.load(TS + b * stride_sb + rows * stride_sl, mask=row_ok, other=0)
         scores, distance, bucket = _tile_scores(q, k, rows, cols, t_rows, t_cols, POS, TIME, EDGES, h,
                                                 stride_pp, stride_ph, stride_tt, stride_th, P, scale, TB, PRECISION)
-        if STRICT:
-            allowed = cols[None, :] < rows[:, None]
-        else:
-            allowed = cols[None, :] <= rows[:, None]
+        allowed = _allowed(rows, cols, STRICT)
         allowed = allowed & row_ok[:, None]  # cols ≤ rows < L: the keys are in range too
         inv_count = 1.0 / (rows + 1).to(tl.float32)
         gate = tl.sigmoid(scores)
@@ -176,18 +182,15 @@ def _hstu_backward_keys_kernel(
         # ∂/∂A_nj = g_n·x_j, minus g_n·y_n on the diagonal; then through SiLU'(s) = σ(s)(1 + s − s·σ(s)).
         grad_weights = tl.dot(g, tl.trans(x), input_precision=PRECISION)
         if HAS_Y:
-            y = tl.load(Y + b * stride_yb + h * stride_yh + rows[:, None] * stride_yl + dims[None, :],
-                        mask=row_ok[:, None] & dim_ok[None, :], other=0.0)
+            y = _load_tile(Y, b, h, stride_yb, stride_yh, stride_yl, rows, row_ok, dims, dim_ok)
             g_dot_y = tl.sum(g.to(tl.float32) * y.to(tl.float32), axis=1)
             grad_weights -= tl.where(cols[None, :] == rows[:, None], g_dot_y[:, None], 0.0)
         grad_scores = tl.where(allowed, grad_weights * gate * (1.0 + scores - scores * gate), 0.0) * inv_count[:, None]
         grad_k += tl.dot(tl.trans(grad_scores).to(q.dtype), q, input_precision=PRECISION)
         tl.atomic_add(DPOS + distance * stride_pp + h * stride_ph, grad_scores, mask=allowed, sem="relaxed")
         tl.atomic_add(DTIME + bucket * stride_tt + h * stride_th, grad_scores, mask=allowed, sem="relaxed")
-    tl.store(DK + b * stride_dkb + h * stride_dkh + cols[:, None] * stride_dkl + dims[None, :],
-             (grad_k * scale).to(DK.dtype.element_ty), mask=col_ok[:, None] & dim_ok[None, :])
-    tl.store(DX + b * stride_dxb + h * stride_dxh + cols[:, None] * stride_dxl + dims[None, :],
-             grad_x.to(DX.dtype.element_ty), mask=col_ok[:, None] & dim_ok[None, :])
+    _store_tile(DK, b, h, stride_dkb, stride_dkh, stride_dkl, cols, col_ok, dims, dim_ok, grad_k * scale)
+    _store_tile(DX, b, h, stride_dxb, stride_dxh, stride_dxl, cols, col_ok, dims, dim_ok, grad_x)
 
 
 @triton.jit
@@ -209,13 +212,10 @@ def _hstu_backward_queries_kernel(
     dims = tl.arange(0, BLOCK_D)
     row_ok = rows < L
     dim_ok = dims < HEAD_DIM
-    q = tl.load(Q + b * stride_qb + h * stride_qh + rows[:, None] * stride_ql + dims[None, :],
-                mask=row_ok[:, None] & dim_ok[None, :], other=0.0)
-    g = tl.load(GRAD + b * stride_gb + h * stride_gh + rows[:, None] * stride_gl + dims[None, :],
-                mask=row_ok[:, None] & dim_ok[None, :], other=0.0)
+    q = _load_tile(Q, b, h, stride_qb, stride_qh, stride_ql, rows, row_ok, dims, dim_ok)
+    g = _load_tile(GRAD, b, h, stride_gb, stride_gh, stride_gl, rows, row_ok, dims, dim_ok)
     if HAS_Y:
-        y = tl.load(Y + b * stride_yb + h * stride_yh + rows[:, None] * stride_yl + dims[None, :],
-                    mask=row_ok[:, None] & dim_ok[None, :], other=0.0)
+        y = _load_tile(Y, b, h, stride_yb, stride_yh, stride_yl, rows, row_ok, dims, dim_ok)
         g_dot_y = tl.sum(g.to(tl.float32) * y.to(tl.float32), axis=1)
     t_rows = tl.load(TS + b * stride_sb + rows * stride_sl, mask=row_ok, other=0)
     inv_count = 1.0 / (rows + 1).to(tl.float32)
@@ -225,19 +225,14 @@ def _hstu_backward_queries_kernel(
     for start in range(0, last, BLOCK_N):
         cols = start + tl.arange(0, BLOCK_N)
         col_ok = cols < L
-        k = tl.load(K + b * stride_kb + h * stride_kh + cols[:, None] * stride_kl + dims[None, :],
-                    mask=col_ok[:, None] & dim_ok[None, :], other=0.0)
+        k = _load_tile(K, b, h, stride_kb, stride_kh, stride_kl, cols, col_ok, dims, dim_ok)
         t_cols = tl.load(TS + b * stride_sb + cols * stride_sl, mask=col_ok, other=0)
         scores, _, _ = _tile_scores(q, k, rows, cols, t_rows, t_cols, POS, TIME, EDGES, h,
                                     stride_pp, stride_ph, stride_tt, stride_th, P, scale, TB, PRECISION)
-        if STRICT:
-            allowed = cols[None, :] < rows[:, None]
-        else:
-            allowed = cols[None, :] <= rows[:, None]
+        allowed = _allowed(rows, cols, STRICT)
         allowed = allowed & col_ok[None, :]
         gate = tl.sigmoid(scores)
-        x = tl.load(X + b * stride_xb + h * stride_xh + cols[:, None] * stride_xl + dims[None, :],
-                    mask=col_ok[:, None] & dim_ok[None, :], other=0.0)
+        x = _load_tile(X, b, h, stride_xb, stride_xh, stride_xl, cols, col_ok, dims, dim_ok)
         grad_weights = tl.dot(g, tl.trans(x), input_precision=PRECISION)  # as in the keys kernel
         if HAS_Y:
             on_diagonal = cols[None, :] == rows[:, None]
@@ -246,12 +241,10 @@ def _hstu_backward_queries_kernel(
             diagonal += tl.sum(tl.where(on_diagonal, weights, 0.0), axis=1)
         grad_scores = tl.where(allowed, grad_weights * gate * (1.0 + scores - scores * gate), 0.0) * inv_count[:, None]
         grad_q += tl.dot(grad_scores.to(k.dtype), k, input_precision=PRECISION)
-    tl.store(DQ + b * stride_dqb + h * stride_dqh + rows[:, None] * stride_dql + dims[None, :],
-             (grad_q * scale).to(DQ.dtype.element_ty), mask=row_ok[:, None] & dim_ok[None, :])
+    _store_tile(DQ, b, h, stride_dqb, stride_dqh, stride_dql, rows, row_ok, dims, dim_ok, grad_q * scale)
     if HAS_Y:
         grad_y = -diagonal[:, None] * g.to(tl.float32)
-        tl.store(DY + b * stride_dyb + h * stride_dyh + rows[:, None] * stride_dyl + dims[None, :],
-                 grad_y.to(DY.dtype.element_ty), mask=row_ok[:, None] & dim_ok[None, :])
+        _store_tile(DY, b, h, stride_dyb, stride_dyh, stride_dyl, rows, row_ok, dims, dim_ok, grad_y)
 
 
 def triton_backward(
