@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 
 from causalgr.cli import app
 from causalgr.data.errors import DataError
+from causalgr.errors import ConfigError
 from causalgr.data.sequences import PrepareSettings, prepare
 from causalgr.data.synth import SynthSettings, generate
 from causalgr.training.compare import compare, mean_ci95, summarize
@@ -108,7 +109,7 @@ def test_compare_continues_an_interrupted_run_and_rejects_a_changed_budget(tiny_
     assert summary["rel_improvement_mean"] is None and summary["rel_improvement_ci95"] is None  # no baseline
     assert summary["loss_ci95"] is None  # one seed: no interval
     changed = load_config(None, SETS + ["optim.lr=0.01"])
-    with pytest.raises(DataError, match="different config"):
+    with pytest.raises(ConfigError, match="different config"):
         compare(tiny_data, ["lagged"], "softmax", [0], out, changed)
 
 
@@ -122,7 +123,7 @@ def test_compare_continues_an_interrupted_run_and_rejects_a_changed_budget(tiny_
     ],
 )
 def test_bad_arguments(tiny_data, tmp_path, formulations, backbone, seeds, message):
-    with pytest.raises(DataError, match=message):
+    with pytest.raises(ConfigError, match=message):
         compare(tiny_data, formulations, backbone, seeds, tmp_path / "cmp")
 
 

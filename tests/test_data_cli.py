@@ -12,7 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from causalgr.cli import app
-from causalgr.data import cli as data_cli
+from causalgr.cli import data as data_cli
 from causalgr.data import fetch
 from causalgr.data.errors import DataError
 

@@ -16,7 +16,8 @@ from causalgr.data.prepared import load_prepared
 from causalgr.data.sequences import PrepareSettings, prepare
 from causalgr.data.synth import SynthSettings, generate
 from causalgr.training import trainer as trainer_module
-from causalgr.training.config import ConfigError, load_config
+from causalgr.errors import ConfigError
+from causalgr.training.config import load_config
 from causalgr.training.evaluate import evaluate_run
 from causalgr.training.trainer import lr_factor, train
 

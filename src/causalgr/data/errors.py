@@ -1,5 +1,7 @@
-"""The one error type for bad input data: its message is a single line naming file, row and column."""
+"""Bad input data: a `CausalgrError` whose one line names the file, row and column."""
+
+from causalgr.errors import CausalgrError
 
 
-class DataError(ValueError):
+class DataError(CausalgrError):
     """Bad input data. `str(err)` is one line fit to show a user as is (the CLI does, exit code 2)."""

@@ -29,7 +29,8 @@ import numpy as np
 
 from causalgr.data.prepared import load_prepared
 from causalgr.models.config import BACKBONES, FORMULATIONS
-from causalgr.training.config import ConfigError, TrainConfig
+from causalgr.errors import ConfigError
+from causalgr.training.config import TrainConfig
 from causalgr.training.metrics import json_safe
 from causalgr.training.trainer import train
 

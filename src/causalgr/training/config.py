@@ -13,7 +13,6 @@ Mistakes raise `ConfigError`, one line naming the key, e.g. `config: unknown key
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -22,12 +21,8 @@ import pydantic
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from causalgr.data.errors import DataError
+from causalgr.errors import ConfigError, format_validation_error
 from causalgr.models.config import BACKBONES, FORMULATIONS, ModelConfig
-
-
-class ConfigError(DataError):
-    """A bad training config or override; one line, printed by the CLI as `error: …` (exit 2)."""
 
 
 class _Section(BaseModel):
@@ -124,23 +119,6 @@ def _all_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
     return keys
 
 
-def _format_error(err: pydantic.ValidationError, source: str) -> str:
-    """The first problem of a validation error as one line."""
-    first = err.errors()[0]
-    key = ".".join(str(part) for part in first["loc"])
-    where = f"config ({source})" if source else "config"
-    if first["type"] == "extra_forbidden":
-        close = difflib.get_close_matches(key, _all_keys(TrainConfig), n=1)
-        hint = f" (did you mean '{close[0]}'?)" if close else ""
-        message = f"{where}: unknown key '{key}'{hint}"
-    else:
-        got = first.get("input")
-        detail = first["msg"].removeprefix("Value error, ")
-        message = f"{where}: {key or 'config'}: {detail}" + ("" if isinstance(got, dict) else f" (got {got!r})")
-    more = len(err.errors()) - 1
-    return message + (f"; and {more} more problem{'s' * (more > 1)}" if more else "")
-
-
 def parse_override(text: str) -> tuple[list[str], Any]:
     """`'optim.lr=3e-3'` → (['optim', 'lr'], 0.003): the key path and the value read as YAML."""
     key, sep, raw = text.partition("=")
@@ -178,7 +156,7 @@ def validate_config(raw: dict, source: str = "") -> TrainConfig:
     try:
         return TrainConfig.model_validate(raw)
     except pydantic.ValidationError as err:
-        raise ConfigError(_format_error(err, source)) from None
+        raise ConfigError(format_validation_error(err, f"config ({source})" if source else "config", _all_keys(TrainConfig))) from None
 
 
 def read_config_file(path: Path | str) -> dict:

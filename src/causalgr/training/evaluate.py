@@ -8,6 +8,7 @@ import torch
 from safetensors.torch import load_model
 
 from causalgr.data.errors import DataError
+from causalgr.errors import ConfigError
 from causalgr.data.loader import SequenceLoader
 from causalgr.data.prepared import PreparedData, load_prepared
 from causalgr.models import build_model
@@ -55,7 +56,7 @@ def resolve_device(name: str) -> torch.device:
     try:
         return torch.device(name)
     except RuntimeError:
-        raise DataError(f"config: train.device: unknown device {name!r}") from None
+        raise ConfigError(f"config: train.device: unknown device {name!r}") from None
 
 
 def load_run(run_dir: Path | str, weights: str = "best", device: str = "auto") -> tuple[torch.nn.Module, TrainConfig, PreparedData]:

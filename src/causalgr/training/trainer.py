@@ -41,7 +41,8 @@ from tqdm.auto import tqdm
 from causalgr.data.loader import SequenceLoader
 from causalgr.data.prepared import PreparedData, load_prepared
 from causalgr.models import build_model
-from causalgr.training.config import ConfigError, TrainConfig, read_config_file, save_config, validate_config
+from causalgr.errors import ConfigError
+from causalgr.training.config import TrainConfig, read_config_file, save_config, validate_config
 from causalgr.training.evaluate import evaluate, resolve_device
 from causalgr.training.loss import ranking_loss
 from causalgr.training.metrics import json_safe

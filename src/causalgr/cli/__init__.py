@@ -8,9 +8,9 @@ import sys
 import typer
 
 from causalgr.bench import bench_command
-from causalgr.data.cli import app as data_app
-from causalgr.data.errors import DataError
-from causalgr.training.cli import register as register_training
+from causalgr.cli.data import app as data_app
+from causalgr.cli.train import register as register_training
+from causalgr.errors import CausalgrError
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 app.add_typer(data_app, name="data", help="Fetch, prepare, generate and describe datasets.")
@@ -57,11 +57,8 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         app()
-    except DataError as err:
+    except CausalgrError as err:
         # Bad input is the user's to fix: one line naming file, row and column, no traceback.
         typer.echo(f"error: {err}", err=True)
         sys.exit(2)
 
-
-if __name__ == "__main__":
-    main()

@@ -1,0 +1,3 @@
+from causalgr.cli import main
+
+main()
