@@ -35,7 +35,7 @@ def test_softmax_attention(shape, seed, mvp):
     inputs = _leaves(*[(B, H, L, d)] * (4 if mvp else 3), seed=seed)
     _assert_same(
         lambda *x: softmax_attention(*x),
-        lambda *x: softmax_attention(*x, reference=True),
+        lambda *x: softmax_attention(*x, engine="reference"),
         inputs,
     )
 
@@ -62,18 +62,18 @@ def test_pointwise_attention(shape, seed, variant):
 
     def attention(q, k, v, position, time, u=None, reference=False):
         bias = BiasTables(position, time, tables.timestamps)
-        return pointwise_attention(q, k, v, bias, u, strict=variant == "strict", reference=reference)
+        return pointwise_attention(q, k, v, bias, u, strict=variant == "strict", engine="reference" if reference else "auto")
 
-    _assert_same(attention, lambda *x: attention(*x, reference=True), inputs)
+    _assert_same(attention, lambda *x: attention(*x, engine="reference"), inputs)
 
 
 def test_pointwise_strict_excludes_the_diagonal():
     """strict = the causal attention minus each query's own key (a 1-event history sees nothing)."""
     q, k, v = _leaves(*[(1, 2, 6, 4)] * 3, seed=3)
     tables = random_tables(1, 2, 6, seed=3)
-    strict = pointwise_attention(q, k, v, tables, strict=True, reference=True)
+    strict = pointwise_attention(q, k, v, tables, strict=True, engine="reference")
     assert strict[:, :, 0].abs().max() == 0
-    causal = pointwise_attention(q, k, v, tables, reference=True)
+    causal = pointwise_attention(q, k, v, tables, engine="reference")
     assert (causal - strict).abs().max() > 1e-3
 
 
@@ -84,7 +84,7 @@ def test_strict_pooling(shape, seed):
     inputs = _leaves((B, H, L, d), (B, H, L, d), (B, H, L, d), (H, d), (H, d), seed=seed)
     _assert_same(
         lambda *x: strict_pooling(*x),
-        lambda *x: strict_pooling(*x, reference=True),
+        lambda *x: strict_pooling(*x, engine="reference"),
         inputs,
     )
 

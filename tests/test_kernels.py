@@ -43,7 +43,7 @@ def run(variant, q, k, v, u, tables, **kwargs):
 
 
 def reference(variant, q, k, v, u, tables):
-    return pointwise_attention(q, k, v, tables, u if variant == "mvp" else None, strict=variant == "strict", reference=True)
+    return pointwise_attention(q, k, v, tables, u if variant == "mvp" else None, strict=variant == "strict", engine="reference")
 
 
 def values_and_grads(fn, leaves):

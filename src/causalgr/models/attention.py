@@ -6,8 +6,8 @@ Three masks appear in causalgr (positions are 0-based, n = query, j = key):
 - strict   — j < n: anything that reads actions, since a_n must never reach position n.
 - mvp      — values v_j for j ≤ n plus action values u_j for j < n, in one attention.
 
-Each kernel takes `reference=True` for the readable version that materialises its masks; the
-default path is the efficient one (SDPA's causal flag, the shift trick, the diagonal
+Each kernel takes the attention engine (`ModelConfig.attention`): "reference" is the readable
+version that materialises its masks; every other engine is an efficient one (SDPA's causal flag, the shift trick, the diagonal
 correction, HSTU's blocked/Triton kernels in `kernels/`) and never builds an [L, L] tensor;
 the tests hold it equal to the reference. Tensors are [B, H, L, dh]; inputs
 are right-padded, so under a causal mask a valid query never sees a padded key.
@@ -35,11 +35,11 @@ def strict_mask(length: int, device: torch.device) -> torch.Tensor:
 
 
 def softmax_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, u: torch.Tensor | None = None, *, reference: bool = False
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, u: torch.Tensor | None = None, *, engine: str = "auto"
 ) -> torch.Tensor:
     """Causal softmax attention; with `u`, the mvp form Σ_{j≤n} α_nj v_j + Σ_{j<n} α_nj u_j."""
     L = q.shape[-2]
-    if reference:
+    if engine == "reference":
         scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])  # [B, H, L, L]
         probs = scores.masked_fill(~causal_mask(L, q.device), float("-inf")).softmax(-1)
         out = probs @ v
@@ -76,7 +76,7 @@ def pointwise_attention(
     u: torch.Tensor | None = None,
     *,
     strict: bool = False,
-    reference: bool = False,
+    engine: str = "auto",
 ) -> torch.Tensor:
     """HSTU's attention: A_nj = SiLU(q_n·k_j/√d + rab_nj) / (n + 1) over j ≤ n; with `u`, mvp mixing.
 
@@ -85,7 +85,7 @@ def pointwise_attention(
     The fast path never builds the [L, L] bias or weights: it makes them a block of queries at a
     time from the tables (blocked PyTorch on CPU, our Triton kernel on CUDA, `kernels/`).
     """
-    if reference:
+    if engine == "reference":
         L = q.shape[-2]
         scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1]) + relative_bias(bias)  # [B, H, L, L]
         count = torch.arange(1, L + 1, device=q.device, dtype=q.dtype)[:, None]  # [L, 1]
@@ -96,7 +96,7 @@ def pointwise_attention(
             out = out + (weights * strict_mask(L, q.device)) @ u
         return out
     # mvp: one pass over v + u, minus the forbidden diagonal term A_nn·u_n (in the kernel).
-    return fast_pointwise_attention(q, k, v, bias, u, strict=strict)
+    return fast_pointwise_attention(q, k, v, bias, u, strict=strict, engine=None if engine == "auto" else engine)
 
 
 def strict_pooling(
@@ -106,7 +106,7 @@ def strict_pooling(
     null_k: torch.Tensor,
     null_v: torch.Tensor,
     *,
-    reference: bool = False,
+    engine: str = "auto",
 ) -> torch.Tensor:
     """Softmax pooling over keys j < n plus a learned null slot (the only key at n = 0).
 
@@ -115,7 +115,7 @@ def strict_pooling(
     B, H, L, dh = q.shape
     null_k = null_k[None, :, None, :].expand(B, H, 1, dh)
     null_v = null_v[None, :, None, :].expand(B, H, 1, dh)
-    if reference:
+    if engine == "reference":
         keys = torch.cat([null_k, k], dim=2)  # [B, H, 1 + L, dh]: slot 0 = null, slot j + 1 = event j
         values = torch.cat([null_v, v], dim=2)
         allowed = torch.cat([torch.ones(L, 1, dtype=torch.bool, device=q.device), strict_mask(L, q.device)], dim=1)

@@ -12,6 +12,8 @@ from causalgr.models.heads import MultiTaskHead
 from causalgr.models.hstu import HSTUEncoder
 from causalgr.models.softmax import SoftmaxEncoder
 
+BACKBONES = {"hstu": HSTUEncoder, "softmax": SoftmaxEncoder}  # name → encoder class; registry.py re-exports it
+
 
 class RankingModel(nn.Module):
     """Base of the formulations: `model(batch) -> logits [B, N, T]` obeying the causal invariant."""
@@ -27,8 +29,7 @@ class RankingModel(nn.Module):
         self.input_dropout = nn.Dropout(config.dropout)
 
     def make_encoder(self, max_tokens: int, mvp: bool = False) -> nn.Module:
-        encoder = {"hstu": HSTUEncoder, "softmax": SoftmaxEncoder}[self.config.backbone]
-        return encoder(self.config, max_tokens, mvp)
+        return BACKBONES[self.config.backbone](self.config, max_tokens, mvp)
 
     def make_head(self, in_dim: int) -> MultiTaskHead:
         return MultiTaskHead(in_dim, self.config.dim, len(self.config.tasks), self.config.dropout)

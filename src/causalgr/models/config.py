@@ -1,49 +1,62 @@
-"""`ModelConfig`: everything that fixes a model's architecture (DESIGN.md §1–§2, §5)."""
+"""`ModelConfig`: everything that fixes a model's architecture (docs/design.md §1–§2, §5).
+
+Each setting is one field here, with its default and a one-line description; the training
+config's `model:` section is derived from these fields (`causalgr.training.config`), so a new
+setting is one new field. Names (formulation, backbone, attention engine) are checked against
+the registry by `build_model`; everything else is checked here.
+"""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, fields
 
-FORMULATIONS = ("interleaved", "lfa", "mvp", "lagged")
-BACKBONES = ("hstu", "softmax")
+DATA_FIELDS = ("num_items", "tasks", "num_action_values")  # set by the prepared data, not by a config file
+
+
+def _setting(default, help: str):
+    return field(default=default, metadata={"help": help})
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    formulation: str  # one of FORMULATIONS
-    backbone: str  # one of BACKBONES
-    num_items: int  # dense item ids are 1..num_items; 0 is padding
-    tasks: tuple[str, ...]  # one binary label per task
-    dim: int = 64
-    layers: int = 2
-    heads: int = 2
-    max_len: int = 256  # longest history in events (interleaved runs 2 * max_len tokens)
-    dropout: float = 0.2  # chosen by measurement on ML-100K (README)
-    num_action_values: int = 0  # categorical action value vocabulary (ratings 1..5 → 6); 0 = unused
-    time_buckets: int = 32  # log-bucketed time-gap bias / embedding
-    # The paper leaves these open (DESIGN.md §1); defaults are chosen by measurement, see README.
-    pool_heads: int = 2  # `lfa` (and `mvp` with mvp_pool_readout): heads of the action-pooling attention
-    mvp_pool_readout: bool = True  # `mvp`: add an `lfa`-style action-pooling readout after the mvp layers
-    action_norm: bool = True  # LayerNorm on the action embedding before it enters attention values
-    attention: str = "auto"  # "auto" = fastest exact path, "reference" = materialised-mask oracle
+    formulation: str = field(metadata={"help": "how actions enter the model: a name in models.FORMULATIONS"})
+    backbone: str = field(metadata={"help": "the sequence encoder: a name in models.BACKBONES"})
+    num_items: int = field(metadata={"help": "dense item ids are 1..num_items; 0 is padding"})
+    tasks: tuple[str, ...] = field(metadata={"help": "one binary label per task"})
+    dim: int = _setting(64, "model width")
+    layers: int = _setting(2, "encoder layers")
+    heads: int = _setting(2, "attention heads; must divide dim")
+    max_len: int = _setting(256, "longest history in events (interleaved runs 2 * max_len tokens)")
+    dropout: float = _setting(0.2, "dropout on inputs, attention outputs and the head")
+    num_action_values: int = _setting(0, "categorical action value vocabulary (ratings 1..5 → 6); 0 = unused")
+    time_buckets: int = _setting(32, "log-bucketed time-gap bias / embedding buckets")
+    # The paper leaves these open (docs/design.md §1); defaults are chosen by measurement, see README.
+    pool_heads: int = _setting(2, "lfa (and mvp with mvp_pool_readout): heads of the action pooling; must divide dim")
+    mvp_pool_readout: bool = _setting(True, "mvp: add an lfa-style action-pooling readout after the mvp layers")
+    action_norm: bool = _setting(True, "LayerNorm on the action embedding before it enters attention values")
+    attention: str = _setting(
+        "auto", "attention engine: auto (fastest exact one), reference (materialised masks), "
+        "blocked or triton (hstu), sdpa (softmax)"
+    )
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "tasks", tuple(self.tasks))
-        if self.formulation not in FORMULATIONS:
-            raise ValueError(f"formulation must be one of {FORMULATIONS}, got {self.formulation!r}")
-        if self.backbone not in BACKBONES:
-            raise ValueError(f"backbone must be one of {BACKBONES}, got {self.backbone!r}")
-        if self.attention not in ("auto", "reference"):
-            raise ValueError(f"attention must be 'auto' or 'reference', got {self.attention!r}")
         if not self.tasks:
             raise ValueError("tasks must name at least one task")
-        if self.dim % self.heads or self.dim % self.pool_heads:
-            raise ValueError(f"dim {self.dim} must be divisible by heads {self.heads} and pool_heads {self.pool_heads}")
         for name in ("num_items", "dim", "layers", "heads", "max_len", "pool_heads", "time_buckets"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.num_action_values < 0:
+            raise ValueError(f"num_action_values must be >= 0, got {self.num_action_values}")
+        if self.dim % self.heads or self.dim % self.pool_heads:
+            raise ValueError(f"dim {self.dim} must be divisible by heads {self.heads} and pool_heads {self.pool_heads}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
 
     def to_dict(self) -> dict:
         return {**asdict(self), "tasks": list(self.tasks)}
+
+
+def settings() -> list:
+    """The fields a config file may set: every field but those the data decides."""
+    return [f for f in fields(ModelConfig) if f.name not in DATA_FIELDS]

@@ -28,9 +28,9 @@ class ActionPooling(nn.Module):
     n = 0 a defined softmax and lets the model put weight on "no evidence".
     """
 
-    def __init__(self, dim: int, heads: int, reference: bool):
+    def __init__(self, dim: int, heads: int, engine: str):
         super().__init__()
-        self.heads, self.reference = heads, reference
+        self.heads, self.engine = heads, engine
         self.query = nn.Linear(dim, dim)
         self.key = nn.Linear(dim, dim)
         self.value = nn.Linear(dim, dim)
@@ -41,7 +41,7 @@ class ActionPooling(nn.Module):
     def forward(self, h: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         """h [B, N, D] item states, actions [B, N, D] = b(a) → p [B, N, D]."""
         q, k, v = (split_heads(x, self.heads) for x in (self.query(h), self.key(h), self.value(actions)))
-        pooled = strict_pooling(q, k, v, self.null_key, self.null_value, reference=self.reference)
+        pooled = strict_pooling(q, k, v, self.null_key, self.null_value, engine=self.engine)
         return self.out(merge_heads(pooled))
 
 

@@ -36,9 +36,9 @@ class RelativeBias(nn.Module):
 
 
 class STULayer(nn.Module):
-    def __init__(self, dim: int, heads: int, dropout: float, mvp: bool, reference: bool):
+    def __init__(self, dim: int, heads: int, dropout: float, mvp: bool, engine: str):
         super().__init__()
-        self.heads, self.reference = heads, reference
+        self.heads, self.engine = heads, engine
         self.norm_in = nn.LayerNorm(dim)
         self.f1 = nn.Linear(dim, 4 * dim)
         self.norm_attn = nn.LayerNorm(dim)
@@ -51,7 +51,7 @@ class STULayer(nn.Module):
         u = None if self.action_value is None else split_heads(self.action_value(actions), self.heads)
         attended = pointwise_attention(
             split_heads(q, self.heads), split_heads(k, self.heads), split_heads(v, self.heads), bias, u,
-            reference=self.reference,
+            engine=self.engine,
         )
         return x + self.dropout(self.f2(self.norm_attn(merge_heads(attended)) * gate))
 
@@ -61,10 +61,9 @@ class HSTUEncoder(nn.Module):
 
     def __init__(self, config: ModelConfig, max_tokens: int, mvp: bool = False):
         super().__init__()
-        reference = config.attention == "reference"
         self.bias = RelativeBias(max_tokens, config.heads, config.time_buckets)
         self.layers = nn.ModuleList(
-            STULayer(config.dim, config.heads, config.dropout, mvp, reference) for _ in range(config.layers)
+            STULayer(config.dim, config.heads, config.dropout, mvp, config.attention) for _ in range(config.layers)
         )
         self.norm = nn.LayerNorm(config.dim)
 

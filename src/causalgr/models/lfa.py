@@ -20,7 +20,7 @@ class LateFusion(RankingModel):
     def __init__(self, config: ModelConfig):
         super().__init__(config)
         self.encoder = self.make_encoder(max_tokens=config.max_len)
-        self.pooling = ActionPooling(config.dim, config.pool_heads, reference=config.attention == "reference")
+        self.pooling = ActionPooling(config.dim, config.pool_heads, config.attention)
         self.head = self.make_head(2 * config.dim)
 
     def forward(self, batch: Batch) -> torch.Tensor:

@@ -22,7 +22,7 @@ class MixedValuePooling(RankingModel):
         super().__init__(config)
         self.encoder = self.make_encoder(max_tokens=config.max_len, mvp=True)
         self.pooling = (
-            ActionPooling(config.dim, config.pool_heads, reference=config.attention == "reference")
+            ActionPooling(config.dim, config.pool_heads, config.attention)
             if config.mvp_pool_readout
             else None
         )

@@ -17,9 +17,9 @@ from causalgr.models.timegaps import log_bucket
 
 
 class TransformerLayer(nn.Module):
-    def __init__(self, dim: int, heads: int, dropout: float, mvp: bool, reference: bool):
+    def __init__(self, dim: int, heads: int, dropout: float, mvp: bool, engine: str):
         super().__init__()
-        self.heads, self.reference = heads, reference
+        self.heads, self.engine = heads, engine
         self.norm_attn = nn.LayerNorm(dim)
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
@@ -31,7 +31,7 @@ class TransformerLayer(nn.Module):
     def forward(self, x: torch.Tensor, actions: torch.Tensor | None) -> torch.Tensor:
         q, k, v = (split_heads(t, self.heads) for t in self.qkv(self.norm_attn(x)).chunk(3, dim=-1))
         u = None if self.action_value is None else split_heads(self.action_value(actions), self.heads)
-        x = x + self.dropout(self.proj(merge_heads(softmax_attention(q, k, v, u, reference=self.reference))))
+        x = x + self.dropout(self.proj(merge_heads(softmax_attention(q, k, v, u, engine=self.engine))))
         return x + self.dropout(self.mlp(self.norm_mlp(x)))
 
 
@@ -40,14 +40,13 @@ class SoftmaxEncoder(nn.Module):
 
     def __init__(self, config: ModelConfig, max_tokens: int, mvp: bool = False):
         super().__init__()
-        reference = config.attention == "reference"
         self.time_buckets = config.time_buckets
         self.position = nn.Embedding(max_tokens, config.dim)
         self.time_gap = nn.Embedding(config.time_buckets, config.dim)  # gap to the previous token
         nn.init.normal_(self.position.weight, std=0.02)
         nn.init.normal_(self.time_gap.weight, std=0.02)
         self.layers = nn.ModuleList(
-            TransformerLayer(config.dim, config.heads, config.dropout, mvp, reference) for _ in range(config.layers)
+            TransformerLayer(config.dim, config.heads, config.dropout, mvp, config.attention) for _ in range(config.layers)
         )
         self.norm = nn.LayerNorm(config.dim)
 
