@@ -60,9 +60,9 @@ def test_pointwise_attention(shape, seed, variant):
     tables = random_tables(B, H, L, seed)
     inputs = [q, k, v, tables.position, tables.time] + ([u] if variant == "mvp" else [])
 
-    def attention(q, k, v, position, time, u=None, reference=False):
+    def attention(q, k, v, position, time, u=None, engine="auto"):
         bias = BiasTables(position, time, tables.timestamps)
-        return pointwise_attention(q, k, v, bias, u, strict=variant == "strict", engine="reference" if reference else "auto")
+        return pointwise_attention(q, k, v, bias, u, strict=variant == "strict", engine=engine)
 
     _assert_same(attention, lambda *x: attention(*x, engine="reference"), inputs)
 

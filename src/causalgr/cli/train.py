@@ -9,7 +9,7 @@ from typing import List, Optional
 
 import typer
 
-from causalgr.models.config import FORMULATIONS
+from causalgr.models import FORMULATIONS
 
 _SET_HELP = "override one config key, e.g. --set optim.lr=3e-3 (repeatable; the value is read as YAML)"
 

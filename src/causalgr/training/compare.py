@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from causalgr.data.prepared import load_prepared
-from causalgr.models.config import BACKBONES, FORMULATIONS
+from causalgr.models import BACKBONES, FORMULATIONS
 from causalgr.errors import ConfigError
 from causalgr.training.config import TrainConfig
 from causalgr.training.metrics import json_safe

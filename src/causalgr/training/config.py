@@ -22,7 +22,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from causalgr.errors import ConfigError, format_validation_error
-from causalgr.models.config import BACKBONES, FORMULATIONS, ModelConfig
+from causalgr.models import BACKBONES, FORMULATIONS, ModelConfig
 
 
 class _Section(BaseModel):
@@ -36,8 +36,8 @@ class DataSection(_Section):
 
 
 class ModelSection(_Section):
-    formulation: Literal[FORMULATIONS] = "interleaved"  # type: ignore[valid-type]
-    backbone: Literal[BACKBONES] = "hstu"  # type: ignore[valid-type]
+    formulation: Literal[tuple(FORMULATIONS)] = "interleaved"  # type: ignore[valid-type]
+    backbone: Literal[tuple(BACKBONES)] = "hstu"  # type: ignore[valid-type]
     dim: int = Field(64, ge=1)
     layers: int = Field(2, ge=1)
     heads: int = Field(2, ge=1)
