@@ -8,18 +8,18 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
+from rich.console import Console
+from rich.table import Table
 
-from causalgr.models import FORMULATIONS
+from causalgr.errors import ConfigError
+from causalgr.models import BACKBONES, BASELINE, FORMULATIONS
+from causalgr.training.report import format_number, percent_ci, plus_minus, ratio_ci
 
 _SET_HELP = "override one config key, e.g. --set optim.lr=3e-3 (repeatable; the value is read as YAML)"
 
 
 def _metrics_table(title: str, result: dict):
     """A rich table of one evaluation result (and its Bayes floor on synthetic data)."""
-    from rich.table import Table
-
-    from causalgr.training.report import format_number
-
     table = Table(title=title)
     for column in ("task", "log loss", "NE", "AUC", "GAUC", "positive rate"):
         table.add_column(column, justify="left" if column == "task" else "right")
@@ -46,14 +46,12 @@ def register(app: typer.Typer) -> None:
         resume: bool = typer.Option(False, "--resume", help="continue the interrupted run in OUT (its saved config)"),
     ) -> None:
         """Train one model; writes OUT/config.yaml, metrics.jsonl, metrics.json and checkpoint/."""
-        from rich.console import Console
-
         from causalgr.training.config import load_config
         from causalgr.training.trainer import train
 
         overrides = list(overrides) + ([f"data.path={data}"] if data is not None else [])
         resolved = None if resume and config is None and not overrides else load_config(config, overrides)
-        result = train(resolved, out, resume=resume)
+        result = train(resolved, out, resume=resume).metrics
         console = Console()
         console.print(_metrics_table(f"test (best epoch {result['best_epoch']} of {result['epochs_run']})", result["test"]))
         console.print(
@@ -71,8 +69,6 @@ def register(app: typer.Typer) -> None:
         json_out: Optional[Path] = typer.Option(None, "--json", help="also write the metrics to this JSON file"),
     ) -> None:
         """Streaming evaluation of a run's best checkpoint on the validation or test positions."""
-        from rich.console import Console
-
         from causalgr.training.evaluate import evaluate_run
         from causalgr.training.metrics import json_safe
 
@@ -86,7 +82,9 @@ def register(app: typer.Typer) -> None:
         data: Path = typer.Option(..., "--data", help="prepared dataset folder"),
         out: Path = typer.Option(..., "--out", help="comparison folder: runs/, results.json, report.md, plots"),
         formulations: str = typer.Option(",".join(FORMULATIONS), "--formulations", help="comma-separated"),
-        backbone: str = typer.Option("hstu", "--backbone", help="hstu or softmax"),
+        backbone: Optional[str] = typer.Option(
+            None, "--backbone", help=f"{' or '.join(BACKBONES)} (same as --set model.backbone=…; default: the config's)"
+        ),
         seeds: str = typer.Option("0,1,2", "--seeds", help="comma-separated seeds (≥ 2 for intervals)"),
         config: Optional[Path] = typer.Option(None, "--config", "-c", help="base YAML config shared by every run"),
         overrides: List[str] = typer.Option([], "--set", help=_SET_HELP),
@@ -96,18 +94,48 @@ def register(app: typer.Typer) -> None:
         Finished runs in OUT are skipped and an interrupted one is resumed, so a stopped compare
         continues where it left off.
         """
-        from causalgr.training.compare import compare, parse_list
-        from causalgr.training.config import load_config
-        from causalgr.training.report import print_summary
+        from causalgr.cli.common import parse_list
+        from causalgr.training.compare import compare
+        from causalgr.training.config import load_config, read_config_file
 
-        base = load_config(config, list(overrides))
-        words = ["causalgr", "compare", "--data", str(data), "--formulations", formulations, "--backbone", backbone,
-                 "--seeds", seeds, "--out", str(out)]
+        if backbone is not None and config is not None:
+            in_file = read_config_file(config).get("model", {}).get("backbone")
+            if in_file not in (None, backbone):
+                raise ConfigError(f"compare: --backbone {backbone} contradicts model.backbone: {in_file} in {config}")
+        sets = list(overrides) + ([f"model.backbone={backbone}"] if backbone is not None else [])
+        base = load_config(config, sets)
+        words = ["causalgr", "compare", "--data", str(data), "--formulations", formulations]
+        words += ["--backbone", backbone] if backbone is not None else []
+        words += ["--seeds", seeds, "--out", str(out)]
         if config is not None:
             words += ["--config", str(config)]
         for item in overrides:
             words += ["--set", item]
-        results = compare(data, parse_list(formulations), backbone, parse_list(seeds, int), out, base,
-                          command=shlex.join(words))
+        results = compare(data, parse_list(formulations, "--formulations", choices=tuple(FORMULATIONS)),
+                          parse_list(seeds, "--seeds", int), out, base, command=shlex.join(words))
         print_summary(results)
         typer.echo(f"results: {out / 'results.json'} · report: {out / 'report.md'}")
+
+
+def print_summary(results: dict, console: Console | None = None) -> None:
+    """The headline table of a comparison on the terminal (rich)."""
+    console = console or Console()
+    tasks = results["data"]["tasks"]
+    floor = results.get("bayes_floor")
+    table = Table(title=f"{results['data']['source']} · {results['backbone']} · seeds {results['seeds']}")
+    for column in ["formulation", "test loss", f"vs {BASELINE} (95% CI)"] + [f"NE {k}" for k in tasks] + [
+        "speedup", "train s", "events/s"
+    ]:
+        table.add_column(column, justify="left" if column == "formulation" else "right")
+    for s in results["summary"]:
+        table.add_row(
+            s["formulation"], plus_minus(s["loss_mean"], s["loss_ci95"]),
+            percent_ci(s["rel_improvement_mean"], s["rel_improvement_ci95"]),
+            *[format_number(s["tasks"][k]["ne_mean"]) for k in tasks],
+            ratio_ci(s["speedup_mean"], None), format_number(s["train_seconds_mean"], 1),
+            f"{s['train_events_per_second_mean']:,.0f}",
+        )
+    if floor:
+        table.add_row("Bayes floor", format_number(floor["loss"]), "—", *[format_number(floor["tasks"][k]["ne"]) for k in tasks],
+                      "—", "—", "—")
+    console.print(table)

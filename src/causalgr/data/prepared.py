@@ -57,6 +57,10 @@ class PreparedData:
         return int(self.meta["num_items"])
 
     @property
+    def max_len(self) -> int:
+        return int(self.meta["max_len"])
+
+    @property
     def num_action_values(self) -> int:
         return int(self.meta.get("num_action_values", 0))
 

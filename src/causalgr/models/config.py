@@ -17,10 +17,10 @@ def _setting(default, help: str):
     return field(default=default, metadata={"help": help})
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ModelConfig:
-    formulation: str = field(metadata={"help": "how actions enter the model: a name in models.FORMULATIONS"})
-    backbone: str = field(metadata={"help": "the sequence encoder: a name in models.BACKBONES"})
+    formulation: str = _setting("interleaved", "how actions enter the model: a name in models.FORMULATIONS")
+    backbone: str = _setting("hstu", "the sequence encoder: a name in models.BACKBONES")
     num_items: int = field(metadata={"help": "dense item ids are 1..num_items; 0 is padding"})
     tasks: tuple[str, ...] = field(metadata={"help": "one binary label per task"})
     dim: int = _setting(64, "model width")

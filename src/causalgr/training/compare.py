@@ -26,17 +26,17 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import scipy.stats
 
-from causalgr.data.prepared import load_prepared
-from causalgr.models import BACKBONES, FORMULATIONS
+from causalgr.data.prepared import PreparedData, load_prepared
 from causalgr.errors import ConfigError
+from causalgr.models import BASELINE, FORMULATIONS
 from causalgr.training.config import TrainConfig
 from causalgr.training.metrics import json_safe
+from causalgr.training.rundir import RunDir
 from causalgr.training.trainer import train
 
 log = logging.getLogger(__name__)
-
-BASELINE = "interleaved"
 
 DEFINITIONS = {
     "loss": "test eval loss: sum over tasks of the mean log loss on the test positions (streaming evaluation)",
@@ -51,30 +51,6 @@ DEFINITIONS = {
 }
 
 
-def student_t_quantile(p: float, df: int) -> float:
-    """The `p` quantile (p > 0.5) of Student's t with `df` degrees of freedom.
-
-    Inverts the CDF by bisection; the CDF is 1/2 plus Simpson's rule over the density on [0, x].
-    """
-    if not 0.5 < p < 1.0 or df < 1:
-        raise ValueError(f"need 0.5 < p < 1 and df >= 1, got p={p}, df={df}")
-    log_norm = math.lgamma((df + 1) / 2) - math.lgamma(df / 2) - 0.5 * math.log(df * math.pi)
-
-    def cdf(x: float) -> float:
-        t = np.linspace(0.0, x, 4001)
-        pdf = np.exp(log_norm - (df + 1) / 2 * np.log1p(t * t / df))
-        h = x / 4000
-        return 0.5 + h / 3 * (pdf[0] + pdf[-1] + 4 * pdf[1:-1:2].sum() + 2 * pdf[2:-1:2].sum())
-
-    lo, hi = 0.0, 1.0
-    while cdf(hi) < p:
-        hi *= 2
-    for _ in range(60):
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if cdf(mid) < p else (lo, mid)
-    return (lo + hi) / 2
-
-
 def mean_ci95(values: Sequence[float]) -> tuple[float, list[float] | None]:
     """Mean of `values` and its 95% Student-t interval (None with fewer than 2 values)."""
     x = np.asarray([v for v in values if v is not None and math.isfinite(v)], dtype=np.float64)
@@ -83,7 +59,7 @@ def mean_ci95(values: Sequence[float]) -> tuple[float, list[float] | None]:
     mean = float(x.mean())
     if len(x) < 2:
         return mean, None
-    half = student_t_quantile(0.975, len(x) - 1) * float(x.std(ddof=1)) / math.sqrt(len(x))
+    half = float(scipy.stats.t.ppf(0.975, len(x) - 1)) * float(x.std(ddof=1)) / math.sqrt(len(x))
     return mean, [mean - half, mean + half]
 
 
@@ -91,18 +67,18 @@ def run_name(formulation: str, seed: int) -> str:
     return f"{formulation}-seed{seed}"
 
 
-def run_config(base: TrainConfig, data_dir: Path | str, formulation: str, backbone: str, seed: int) -> TrainConfig:
+def run_config(base: TrainConfig, data_dir: Path | str, formulation: str, seed: int) -> TrainConfig:
     """`base` with only what differs between the runs of a comparison set."""
     return base.model_copy(
         update={
             "data": base.data.model_copy(update={"path": str(data_dir)}),
-            "model": base.model.model_copy(update={"formulation": formulation, "backbone": backbone}),
+            "model": base.model.model_copy(update={"formulation": formulation}),
             "train": base.train.model_copy(update={"seed": seed}),
         }
     )
 
 
-def _check_args(formulations: Sequence[str], backbone: str, seeds: Sequence[int]) -> None:
+def _check_args(formulations: Sequence[str], seeds: Sequence[int]) -> None:
     if not formulations:
         raise ConfigError("compare: --formulations names none")
     bad = [f for f in formulations if f not in FORMULATIONS]
@@ -110,8 +86,6 @@ def _check_args(formulations: Sequence[str], backbone: str, seeds: Sequence[int]
         raise ConfigError(f"compare: unknown formulation '{bad[0]}' (choose from {', '.join(FORMULATIONS)})")
     if len(set(formulations)) != len(formulations):
         raise ConfigError("compare: --formulations repeats a formulation")
-    if backbone not in BACKBONES:
-        raise ConfigError(f"compare: unknown backbone '{backbone}' (choose from {', '.join(BACKBONES)})")
     if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
         raise ConfigError(f"compare: --seeds must be distinct non-negative integers, got {list(seeds)}")
 
@@ -119,17 +93,17 @@ def _check_args(formulations: Sequence[str], backbone: str, seeds: Sequence[int]
 def compare(
     data_dir: Path | str,
     formulations: Sequence[str],
-    backbone: str,
     seeds: Sequence[int],
     out: Path | str,
     base: TrainConfig | None = None,
     command: str | None = None,
 ) -> dict:
     """Train every formulation × seed on `data_dir` into `out/runs/`, then write `out/results.json`,
-    `out/report.md` and the plots; returns the results dict."""
+    `out/report.md` and the plots; returns the results dict. Every run is `base` (its backbone,
+    size and budget) with only `model.formulation` and `train.seed` set per run."""
     from causalgr.training.report import write_report
 
-    _check_args(formulations, backbone, seeds)
+    _check_args(formulations, seeds)
     base = base or TrainConfig()
     out = Path(out)
     data = load_prepared(data_dir)
@@ -137,15 +111,11 @@ def compare(
     records = []
     for formulation in formulations:
         for seed in seeds:
-            name = run_name(formulation, seed)
-            run_dir = out / "runs" / name
-            done = (run_dir / "metrics.json").is_file()
-            log.info("[%d/%d] %s%s", len(records) + 1, total, name, " (finished, skipped)" if done else "")
-            config = run_config(base, data_dir, formulation, backbone, seed)
-            metrics = train(config, run_dir, resume=True, data=data)
-            history = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
-            records.append((name, metrics, history))
-    results = build_results(records, data.meta, base, backbone, formulations, seeds, data_dir, command)
+            run = RunDir(out / "runs" / run_name(formulation, seed))
+            log.info("[%d/%d] %s%s", len(records) + 1, total, run.name, " (finished, skipped)" if run.is_finished() else "")
+            result = train(run_config(base, data_dir, formulation, seed), run, resume=True, data=data)
+            records.append((run.name, result.metrics, run.read_history()))
+    results = build_results(records, data, base, formulations, seeds, data_dir, command)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(json_safe(results), indent=2) + "\n")
     write_report(results, out)
@@ -230,9 +200,8 @@ def summarize(runs: list[dict], formulations: Sequence[str], tasks: Sequence[str
 
 def build_results(
     records: list[tuple[str, dict, list[dict]]],
-    meta: dict,
+    data: PreparedData,
     base: TrainConfig,
-    backbone: str,
     formulations: Sequence[str],
     seeds: Sequence[int],
     data_dir: Path | str,
@@ -241,19 +210,19 @@ def build_results(
     """The `results.json` dict from the finished runs' `metrics.json` and `metrics.jsonl`."""
     runs = [_run_entry(name, metrics, history) for name, metrics, history in records]
     floor = records[0][1]["test"].get("bayes_floor") if records else None
-    tasks = list(meta["tasks"])
+    tasks = list(data.tasks)
     first = records[0][1]
     return {
         "command": command,
         "data": {
             "path": str(data_dir),
-            "source": meta.get("source"),
+            "source": data.meta.get("source"),
             "tasks": tasks,
-            "num_users": meta.get("num_users"),
-            "num_items": meta.get("num_items"),
-            "stats": meta.get("stats"),
+            "num_users": data.num_users,
+            "num_items": data.num_items,
+            "stats": data.meta.get("stats"),
         },
-        "backbone": backbone,
+        "backbone": base.model.backbone,
         "formulations": list(formulations),
         "seeds": list(seeds),
         "config": {**base.to_dict(), "data": {**base.data.model_dump(mode="json"), "path": str(data_dir)}},
@@ -265,13 +234,3 @@ def build_results(
         "runs": runs,
         "summary": summarize(runs, formulations, tasks, floor["loss"] if floor else None),
     }
-
-
-def parse_list(text: str, kind=str) -> list:
-    """`"a,b,c"` → ['a', 'b', 'c'] (or ints with `kind=int`); a clear error on a bad item."""
-    items = [part.strip() for part in text.split(",") if part.strip()]
-    try:
-        return [kind(item) for item in items]
-    except ValueError:
-        raise ConfigError(f"compare: cannot read {text!r} as a comma-separated list of {kind.__name__}") from None
-

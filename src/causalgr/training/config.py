@@ -15,14 +15,18 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+import typing
 from typing import Any, Literal
 
 import pydantic
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from causalgr.data.prepared import PreparedData
 from causalgr.errors import ConfigError, format_validation_error
-from causalgr.models import BACKBONES, FORMULATIONS, ModelConfig
+from causalgr.models import ATTENTION_ENGINES, BACKBONES, FORMULATIONS, ModelConfig
+from causalgr.models.config import settings as model_settings
+from causalgr.models.registry import check_names
 
 
 class _Section(BaseModel):
@@ -35,25 +39,40 @@ class DataSection(_Section):
     eval_batch_size: int = Field(64, ge=1, description="users per evaluation batch")
 
 
-class ModelSection(_Section):
-    formulation: Literal[tuple(FORMULATIONS)] = "interleaved"  # type: ignore[valid-type]
-    backbone: Literal[tuple(BACKBONES)] = "hstu"  # type: ignore[valid-type]
-    dim: int = Field(64, ge=1)
-    layers: int = Field(2, ge=1)
-    heads: int = Field(2, ge=1)
-    dropout: float = Field(0.2, ge=0.0, lt=1.0)
-    max_len: int | None = Field(None, ge=1, description="longest history; null = the prepared data's max_len")
-    time_buckets: int = Field(32, ge=1)
-    pool_heads: int = Field(2, ge=1)
-    mvp_pool_readout: bool = True
-    action_norm: bool = True
-    attention: Literal["auto", "reference"] = "auto"
+class _ModelSettings(_Section):
+    """Base of `ModelSection`: the checks `ModelConfig` and the registry make, and the conversion."""
 
     @model_validator(mode="after")
-    def _divisible(self) -> "ModelSection":
-        if self.dim % self.heads or self.dim % self.pool_heads:
-            raise ValueError(f"dim {self.dim} must be divisible by heads {self.heads} and pool_heads {self.pool_heads}")
+    def _check(self) -> "_ModelSettings":
+        check_names(self.to_model_config(num_items=1, tasks=("task",), num_action_values=0, max_len=1))
         return self
+
+    def to_model_config(self, *, num_items: int, tasks: Sequence[str], num_action_values: int, max_len: int) -> ModelConfig:
+        """The `ModelConfig` of these settings on data with these sizes (`max_len` unless set here)."""
+        settings = self.model_dump()
+        settings["max_len"] = settings["max_len"] or max_len
+        return ModelConfig(**settings, num_items=num_items, tasks=tuple(tasks), num_action_values=num_action_values)
+
+
+def _model_section() -> type[_ModelSettings]:
+    """The `model:` section, derived from `ModelConfig`: each setting with its default and help,
+    names restricted to the registry, `max_len` defaulting to the prepared data's."""
+    hints = typing.get_type_hints(ModelConfig)
+    names = {
+        "formulation": Literal[tuple(FORMULATIONS)],
+        "backbone": Literal[tuple(BACKBONES)],
+        "attention": Literal[tuple(dict.fromkeys(e for engines in ATTENTION_ENGINES.values() for e in engines))],
+    }
+    fields = {}
+    for f in model_settings():
+        if f.name == "max_len":
+            fields[f.name] = (int | None, Field(None, description=f"{f.metadata['help']}; null = the prepared data's"))
+        else:
+            fields[f.name] = (names.get(f.name, hints[f.name]), Field(f.default, description=f.metadata["help"]))
+    return pydantic.create_model("ModelSection", __base__=_ModelSettings, **fields)
+
+
+ModelSection = _model_section()
 
 
 class OptimSection(_Section):
@@ -85,25 +104,10 @@ class TrainConfig(_Section):
     optim: OptimSection = Field(default_factory=OptimSection)
     train: TrainSection = Field(default_factory=TrainSection)
 
-    def model_config_for(self, meta: dict) -> ModelConfig:
-        """The `ModelConfig` of this run on a prepared dataset with meta `meta`."""
-        m = self.model
-        return ModelConfig(
-            formulation=m.formulation,
-            backbone=m.backbone,
-            num_items=int(meta["num_items"]),
-            tasks=tuple(meta["tasks"]),
-            dim=m.dim,
-            layers=m.layers,
-            heads=m.heads,
-            max_len=m.max_len or int(meta["max_len"]),
-            dropout=m.dropout,
-            num_action_values=int(meta.get("num_action_values", 0)),
-            time_buckets=m.time_buckets,
-            pool_heads=m.pool_heads,
-            mvp_pool_readout=m.mvp_pool_readout,
-            action_norm=m.action_norm,
-            attention=m.attention,
+    def model_config_for(self, data: PreparedData) -> ModelConfig:
+        """The `ModelConfig` of this run on the prepared dataset `data`."""
+        return self.model.to_model_config(
+            num_items=data.num_items, tasks=data.tasks, num_action_values=data.num_action_values, max_len=data.max_len
         )
 
     def to_dict(self) -> dict:

@@ -7,12 +7,12 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_model
 
-from causalgr.data.errors import DataError
 from causalgr.errors import ConfigError
 from causalgr.data.loader import SequenceLoader
 from causalgr.data.prepared import PreparedData, load_prepared
-from causalgr.models import build_model
-from causalgr.training.config import TrainConfig, read_config_file, validate_config
+from causalgr.models import RankingModel, build_model
+from causalgr.training.config import TrainConfig
+from causalgr.training.rundir import RunDir
 from causalgr.training.metrics import MetricAccumulator
 
 
@@ -59,24 +59,19 @@ def resolve_device(name: str) -> torch.device:
         raise ConfigError(f"config: train.device: unknown device {name!r}") from None
 
 
-def load_run(run_dir: Path | str, weights: str = "best", device: str = "auto") -> tuple[torch.nn.Module, TrainConfig, PreparedData]:
-    """The model of a training run folder (its `best` or latest `model` weights), its config and data."""
-    run_dir = Path(run_dir)
-    config_path = run_dir / "config.yaml"
-    weights_path = run_dir / "checkpoint" / f"{weights}.safetensors"
-    if not config_path.is_file() or not weights_path.is_file():
-        raise DataError(f"{run_dir}: not a training run (no config.yaml or checkpoint/{weights}.safetensors)")
-    config = validate_config(read_config_file(config_path), str(config_path))
-    data = load_prepared(config.data.path)
-    model = build_model(config.model_config_for(data.meta))
-    load_model(model, str(weights_path), device="cpu")
-    return model.to(resolve_device(device)), config, data
+def load_run(run: RunDir | Path | str, weights: str = "best", device: str = "auto") -> tuple[RankingModel, TrainConfig]:
+    """The model of a training run folder with its `best` or `latest` weights, and the run's config."""
+    run = run if isinstance(run, RunDir) else RunDir(run)
+    run.require_trained(weights)
+    model = build_model(run.read_model_config())
+    load_model(model, str(run.weights_file(weights)), device="cpu")
+    return model.to(resolve_device(device)), run.read_config()
 
 
 def evaluate_run(run_dir: Path | str, split: str = "test", batch_size: int | None = None, device: str = "auto") -> dict:
     """`evaluate` on the best checkpoint of a training run folder."""
     if split not in ("valid", "test"):
-        raise DataError(f"split must be 'valid' or 'test', got {split!r}")
-    model, config, data = load_run(run_dir, device=device)
-    return evaluate(model, data, split, batch_size or config.data.eval_batch_size)
+        raise ConfigError(f"evaluate: --split must be 'valid' or 'test', got {split!r}")
+    model, config = load_run(run_dir, device=device)
+    return evaluate(model, load_prepared(config.data.path), split, batch_size or config.data.eval_batch_size)
 

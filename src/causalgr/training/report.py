@@ -1,4 +1,4 @@
-"""`report.md`, the PNG plots and the terminal table of a comparison's `results.json`."""
+"""`report.md` and the PNG plots of a comparison's `results.json`."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import math
 from pathlib import Path
 
 import numpy as np
+
+from causalgr.models import BASELINE
 
 PLOTS = ("valid_curves.png", "rel_improvement.png", "ne_per_task.png", "time_throughput.png")
 
@@ -19,7 +21,7 @@ def format_number(x, digits: int = 4) -> str:
     return f"{x:.{digits}f}"
 
 
-def _pm(mean, ci, digits: int = 4) -> str:
+def plus_minus(mean, ci, digits: int = 4) -> str:
     """`mean ± half-width` of a 95% interval (just the mean without one)."""
     if ci is None:
         return format_number(mean, digits)
@@ -32,7 +34,7 @@ def _pct(x, signed: bool = True) -> str:
     return f"{100 * x:+.2f}%" if signed else f"{100 * x:.2f}%"
 
 
-def _pct_ci(mean, ci) -> str:
+def percent_ci(mean, ci) -> str:
     if mean is None:
         return "—"
     if ci is None:
@@ -40,7 +42,7 @@ def _pct_ci(mean, ci) -> str:
     return f"{_pct(mean)} [{_pct(ci[0])}, {_pct(ci[1])}]"
 
 
-def _ratio_ci(mean, ci) -> str:
+def ratio_ci(mean, ci) -> str:
     if mean is None:
         return "—"
     return f"{mean:.2f}×" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci is not None else "")
@@ -87,8 +89,8 @@ def render_markdown(results: dict) -> str:
     rows = [
         [
             f"`{s['formulation']}`",
-            _pm(s["loss_mean"], s["loss_ci95"]),
-            "(baseline)" if s["formulation"] == "interleaved" else _pct_ci(s["rel_improvement_mean"], s["rel_improvement_ci95"]),
+            plus_minus(s["loss_mean"], s["loss_ci95"]),
+            "(baseline)" if s["formulation"] == BASELINE else percent_ci(s["rel_improvement_mean"], s["rel_improvement_ci95"]),
             format_number(s["valid_loss_mean"]),
             format_number(s["best_epoch_mean"], 1),
             f"{s['num_parameters']:,} ({s['num_parameters_without_items']:,})",
@@ -98,7 +100,7 @@ def render_markdown(results: dict) -> str:
     if floor:
         rows.append(["Bayes floor (true probabilities)", format_number(floor["loss"]), "—", "—", "—", "—"])
     out += [
-        _table(["formulation", "test loss", "rel. improvement vs interleaved", "valid loss", "best epoch",
+        _table(["formulation", "test loss", f"rel. improvement vs {BASELINE}", "valid loss", "best epoch",
                 "parameters (w/o item table)"], rows),
         "",
         "## NE per task (test)",
@@ -106,7 +108,7 @@ def render_markdown(results: dict) -> str:
         "Normalized entropy: log loss divided by the entropy of the task's positive rate on the evaluated labels.",
         "",
     ]
-    rows = [[f"`{s['formulation']}`"] + [_pm(s["tasks"][k]["ne_mean"], s["tasks"][k]["ne_ci95"]) for k in tasks]
+    rows = [[f"`{s['formulation']}`"] + [plus_minus(s["tasks"][k]["ne_mean"], s["tasks"][k]["ne_ci95"]) for k in tasks]
             for s in summary]
     if floor:
         rows.append(["Bayes floor"] + [format_number(floor["tasks"][k]["ne"]) for k in tasks])
@@ -128,15 +130,15 @@ def render_markdown(results: dict) -> str:
             format_number(s["seconds_to_best_mean"], 1),
             format_number(s["seconds_per_epoch_mean"], 2),
             f"{s['train_events_per_second_mean']:,.0f}",
-            *(["(baseline)"] * 2 if s["formulation"] == "interleaved" else [
-                _ratio_ci(s["speedup_mean"], s["speedup_ci95"]),
-                _pct_ci(s["train_time_reduction_mean"], s["train_time_reduction_ci95"]),
+            *(["(baseline)"] * 2 if s["formulation"] == BASELINE else [
+                ratio_ci(s["speedup_mean"], s["speedup_ci95"]),
+                percent_ci(s["train_time_reduction_mean"], s["train_time_reduction_ci95"]),
             ]),
         ]
         for s in summary
     ]
     out += [_table(["formulation", "train s (total)", "s to best epoch", "s per epoch (steps)", "events/s",
-                    "speedup vs interleaved", "time reduction vs interleaved"], rows), "",
+                    f"speedup vs {BASELINE}", f"time reduction vs {BASELINE}"], rows), "",
             "## Every run", ""]
     rows = [
         [r["run_dir"], str(r["seed"]), format_number(r["test"]["loss"]), format_number(r["valid"]["loss"]),
@@ -196,18 +198,18 @@ def write_plots(results: dict, out: Path) -> list[Path]:
     paths.append(_save(fig, out / "valid_curves.png"))
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    others = [f for f in formulations if summary[f]["rel_improvement_mean"] is not None and f != "interleaved"]
+    others = [f for f in formulations if summary[f]["rel_improvement_mean"] is not None and f != BASELINE]
     for x, f in enumerate(others):
         s = summary[f]
         ax.bar(x, 100 * s["rel_improvement_mean"], color=colors[f],
                yerr=np.asarray(_err(s["rel_improvement_mean"], s["rel_improvement_ci95"])) * 100, capsize=6)
-        base = {r["seed"]: r["test"]["loss"] for r in results["runs"] if r["formulation"] == "interleaved"}
+        base = {r["seed"]: r["test"]["loss"] for r in results["runs"] if r["formulation"] == BASELINE}
         points = [100 * (base[r["seed"]] - r["test"]["loss"]) / base[r["seed"]]
                   for r in results["runs"] if r["formulation"] == f and r["seed"] in base]
         ax.scatter([x] * len(points), points, color="black", s=12, zorder=3)
     ax.axhline(0, color="black", linewidth=0.8)
     ax.set_xticks(range(len(others)), others)
-    ax.set(ylabel="test loss improvement vs interleaved (%)", title=f"Relative improvement, 95% CI · {title}")
+    ax.set(ylabel=f"test loss improvement vs {BASELINE} (%)", title=f"Relative improvement, 95% CI · {title}")
     paths.append(_save(fig, out / "rel_improvement.png"))
 
     fig, ax = plt.subplots(figsize=(max(6.4, 1.6 * len(tasks) + 2), 4.2))
@@ -287,33 +289,3 @@ def write_report(results: dict, out: Path | str) -> None:
     out.mkdir(parents=True, exist_ok=True)
     write_plots(results, out)
     (out / "report.md").write_text(render_markdown(results))
-
-
-# --- terminal --------------------------------------------------------------------------------
-
-
-def print_summary(results: dict, console=None) -> None:
-    """The headline table of a comparison on the terminal (rich)."""
-    from rich.console import Console
-    from rich.table import Table
-
-    console = console or Console()
-    tasks = results["data"]["tasks"]
-    floor = results.get("bayes_floor")
-    table = Table(title=f"{results['data']['source']} · {results['backbone']} · seeds {results['seeds']}")
-    for column in ["formulation", "test loss", "vs interleaved (95% CI)"] + [f"NE {k}" for k in tasks] + [
-        "speedup", "train s", "events/s"
-    ]:
-        table.add_column(column, justify="left" if column == "formulation" else "right")
-    for s in results["summary"]:
-        table.add_row(
-            s["formulation"], _pm(s["loss_mean"], s["loss_ci95"]),
-            _pct_ci(s["rel_improvement_mean"], s["rel_improvement_ci95"]),
-            *[format_number(s["tasks"][k]["ne_mean"]) for k in tasks],
-            _ratio_ci(s["speedup_mean"], None), format_number(s["train_seconds_mean"], 1),
-            f"{s['train_events_per_second_mean']:,.0f}",
-        )
-    if floor:
-        table.add_row("Bayes floor", format_number(floor["loss"]), "—", *[format_number(floor["tasks"][k]["ne"]) for k in tasks],
-                      "—", "—", "—")
-    console.print(table)

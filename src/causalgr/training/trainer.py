@@ -1,16 +1,9 @@
 """One training run: AdamW, warm-up + decay, early stopping, checkpoints, exact resume (DESIGN.md §4).
 
-A run folder `OUT` holds:
-
-- `config.yaml`: the resolved `TrainConfig`;
-- `metrics.jsonl`: one line per finished epoch (train loss, lr, timings, validation metrics);
-- `checkpoint/model.safetensors` + `checkpoint/state.pt`: the state at the end of the last
-  finished epoch (weights, optimizer, scheduler, RNG states of torch/numpy/python, epoch, best
-  loss, early-stopping counter, timings), each file written atomically after every epoch; resume
-  reads `state.pt` alone, so a kill between the two writes cannot mix epochs;
-- `checkpoint/best.safetensors`: the weights of the best validation epoch;
-- `metrics.json`: when the run is done, the best epoch's validation metrics, the test metrics
-  of the best weights and the timings; `curves.png`: training and validation loss per epoch.
+A run folder (`RunDir`, `rundir.py`, lists its files) holds the resolved config, the model's
+config, one metrics record per finished epoch, the checkpoint written atomically after every
+epoch (resume reads `checkpoint/state.pt` alone, so a kill between two writes cannot mix epochs),
+the best epoch's weights and, when the run is done, `metrics.json`.
 
 Everything random is seeded and its state checkpointed at epoch ends, so a run stopped at any
 point and continued with `resume=True` ends with the same metrics as an uninterrupted one.
@@ -24,13 +17,13 @@ optimizer; validation excluded); `seconds_per_epoch` the mean seconds of one tra
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
 import random
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -42,39 +35,13 @@ from causalgr.data.loader import SequenceLoader
 from causalgr.data.prepared import PreparedData, load_prepared
 from causalgr.models import build_model
 from causalgr.errors import ConfigError
-from causalgr.training.config import TrainConfig, read_config_file, save_config, validate_config
+from causalgr.training.config import TrainConfig
 from causalgr.training.evaluate import evaluate, resolve_device
-from causalgr.training.loss import ranking_loss
-from causalgr.training.metrics import json_safe
 from causalgr.training.report import plot_run_curves
+from causalgr.training.rundir import RunDir, atomic_write
+from causalgr.training.step import Optimizer, train_step
 
 log = logging.getLogger(__name__)
-
-CHECKPOINT = "checkpoint"
-
-
-def lr_factor(step: int, total_steps: int, warmup: float, schedule: str, min_lr_ratio: float) -> float:
-    """Multiplier of the peak lr at optimizer step `step` (0-based): linear warm-up, then decay."""
-    warmup_steps = math.ceil(warmup * total_steps)
-    if step < warmup_steps:
-        return (step + 1) / warmup_steps
-    if schedule == "constant":
-        return 1.0
-    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-    if schedule == "cosine":
-        return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
-    return min_lr_ratio + (1.0 - min_lr_ratio) * (1.0 - progress)
-
-
-def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.AdamW:
-    """AdamW with weight decay on matrices and embedding tables only (not on biases or norms)."""
-    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
-    o = config.optim
-    return torch.optim.AdamW(
-        [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=o.lr, betas=o.betas, eps=o.eps,
-    )
 
 
 def _rng_state() -> dict:
@@ -116,27 +83,19 @@ def _torch_settings(threads: int, deterministic: bool):
         torch.use_deterministic_algorithms(old_deterministic, warn_only=old_warn_only)
 
 
-def _atomic_write(path: Path, write) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)
-
-
-def _prepare_out_dir(config: TrainConfig | None, out: Path, resume: bool) -> TrainConfig:
-    """Check `out` against `resume` and return the config to run (the saved one when resuming)."""
-    saved_path = out / "config.yaml"
-    started = (out / CHECKPOINT / "state.pt").is_file() or (out / "metrics.json").is_file()
+def _config_to_run(config: TrainConfig | None, run: RunDir, resume: bool) -> TrainConfig:
+    """Check `run` against `resume` and return the config to run (the saved one when resuming)."""
     if not resume:
-        if started:
-            raise ConfigError(f"{out}: already holds a training run; pass --resume to continue it or choose a new --out")
+        if run.is_started():
+            raise ConfigError(f"{run.path}: already holds a training run; pass --resume to continue it or choose a new --out")
         if config is None:
             raise ConfigError("train: a config is needed to start a new run")
         return config
-    if not saved_path.is_file():
+    if not run.config_file.is_file():
         if config is None:
-            raise ConfigError(f"{out}: nothing to resume (no config.yaml)")
+            raise ConfigError(f"{run.path}: nothing to resume (no config.yaml)")
         return config
-    saved = validate_config(read_config_file(saved_path), str(saved_path))
+    saved = run.read_config()
     if config is not None:
         mine, theirs = _flat(config.to_dict()), _flat(saved.to_dict())
         ignored = {"train.progress"}
@@ -144,7 +103,7 @@ def _prepare_out_dir(config: TrainConfig | None, out: Path, resume: bool) -> Tra
         if changed:
             key = changed[0]
             raise ConfigError(
-                f"{out}: --resume with a different config ({key}: {theirs.get(key)!r} in the run, {mine.get(key)!r} now)"
+                f"{run.path}: --resume with a different config ({key}: {theirs.get(key)!r} in the run, {mine.get(key)!r} now)"
             )
         saved = saved.model_copy(update={"train": saved.train.model_copy(update={"progress": config.train.progress})})
     return saved
@@ -160,33 +119,40 @@ def _flat(tree: dict, prefix: str = "") -> dict:
     return flat
 
 
-def _read_history(path: Path, last_epoch: int) -> list[dict]:
-    """The per-epoch records of `metrics.jsonl` up to `last_epoch` (later ones belong to a lost epoch)."""
-    if not path.is_file():
-        return []
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [r for r in records if r["epoch"] <= last_epoch]
+@dataclass(frozen=True)
+class TrainResult:
+    """What `train` did: the run folder, the epochs finished so far, and the final metrics
+    (`metrics.json`) when the run is done — None when `stop_after_epochs` ended the call first."""
+
+    run: RunDir
+    epoch: int
+    metrics: dict | None
+
+    @property
+    def finished(self) -> bool:
+        return self.metrics is not None
 
 
 def train(
     config: TrainConfig | None,
-    out_dir: Path | str,
+    out_dir: RunDir | Path | str,
     resume: bool = False,
     stop_after_epochs: int | None = None,
     data: PreparedData | None = None,
-) -> dict:
-    """Train the model `config` describes into `out_dir` and return the final `metrics.json` dict.
+) -> TrainResult:
+    """Train the model `config` describes into the run folder `out_dir`.
 
-    `resume=True` continues the run in `out_dir` from its last finished epoch (or starts it when
-    there is none; `config` may then be None to reuse the saved one). `stop_after_epochs` ends
-    this call after that many epochs, leaving a resumable checkpoint: the return value is then
-    `{"status": "stopped", "epoch": …}` and no `metrics.json` is written. `data` skips loading
-    the prepared dataset named in the config (it must be that dataset).
+    `resume=True` continues the run there from its last finished epoch (or starts it when there
+    is none; `config` may then be None to reuse the saved one); a finished run is returned as it
+    is. `stop_after_epochs` ends this call after that many epochs, leaving a resumable checkpoint
+    and no `metrics.json`. `data` skips loading the prepared dataset named in the config (it
+    must be that dataset).
     """
-    out = Path(out_dir)
-    config = _prepare_out_dir(config, out, resume)
-    if (out / "metrics.json").is_file():
-        return json.loads((out / "metrics.json").read_text())
+    run = out_dir if isinstance(out_dir, RunDir) else RunDir(out_dir)
+    config = _config_to_run(config, run, resume)
+    if run.is_finished():
+        metrics = run.read_metrics()
+        return TrainResult(run, metrics["epochs_run"], metrics)
     if data is None:
         if config.data.path is None:
             raise ConfigError("config: data.path is required (a folder made by `causalgr data prepare` or `data synth`)")
@@ -194,32 +160,27 @@ def train(
     unknown = sorted(set(config.train.task_weights) - set(data.tasks))
     if unknown:
         raise ConfigError(f"config: train.task_weights: unknown task '{unknown[0]}' (the data has {', '.join(data.tasks)})")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / CHECKPOINT).mkdir(exist_ok=True)
-    save_config(config, out / "config.yaml")
+    run.create()
+    run.write_config(config)
     with _torch_settings(config.train.threads, config.train.deterministic):
-        return _Run(config, data, out).fit(stop_after_epochs)
+        return _Run(config, data, run).fit(stop_after_epochs)
 
 
 class _Run:
     """The state of one training run between epochs."""
 
-    def __init__(self, config: TrainConfig, data: PreparedData, out: Path) -> None:
-        self.config, self.data, self.out = config, data, out
+    def __init__(self, config: TrainConfig, data: PreparedData, run: RunDir) -> None:
+        self.config, self.data, self.run = config, data, run
         self.device = resolve_device(config.train.device)
         t = config.train
         _seed_everything(t.seed)
-        self.model_config = config.model_config_for(data.meta)
+        self.model_config = config.model_config_for(data)
         self.model = build_model(self.model_config).to(self.device)
+        run.write_model_config(self.model_config)
         self.train_loader = SequenceLoader(data, "train", batch_size=config.data.batch_size, shuffle=True, seed=t.seed)
         if self.train_loader.num_events == 0:
             raise ConfigError(f"{config.data.path}: the training split has no events")
-        self.optimizer = make_optimizer(self.model, config)
-        total_steps = t.epochs * len(self.train_loader)
-        o = config.optim
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda step: lr_factor(step, total_steps, o.warmup, o.schedule, o.min_lr_ratio)
-        )
+        self.optimizer = Optimizer(self.model, config.optim, total_steps=t.epochs * len(self.train_loader))
         self.task_weights = [t.task_weights.get(task, 1.0) for task in data.tasks]
         self.epoch = 0
         self.best_loss = math.inf
@@ -231,7 +192,7 @@ class _Run:
         self.train_events = 0
         self.seconds_to_best = 0.0
         self.history: list[dict] = []
-        if (out / CHECKPOINT / "state.pt").is_file():
+        if run.state_file.is_file():
             self._load_checkpoint()
 
     # --- checkpoints -------------------------------------------------------------------------
@@ -240,8 +201,7 @@ class _Run:
         return {
             # The weights again, so that state.pt alone is consistent if a kill lands between two writes.
             "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
+            **self.optimizer.state_dict(),  # "optimizer" and "scheduler"
             "rng": _rng_state(),
             "epoch": self.epoch,
             "best_loss": self.best_loss,
@@ -255,26 +215,24 @@ class _Run:
         }
 
     def _save_checkpoint(self, improved: bool) -> None:
-        folder = self.out / CHECKPOINT
+        run = self.run
         if improved:
-            _atomic_write(folder / "best.safetensors", lambda p: save_model(self.model, str(p)))
-        _atomic_write(folder / "model.safetensors", lambda p: save_model(self.model, str(p)))
-        _atomic_write(folder / "state.pt", lambda p: torch.save(self._state(), p))
+            atomic_write(run.weights_file("best"), lambda p: save_model(self.model, str(p)))
+        atomic_write(run.weights_file("latest"), lambda p: save_model(self.model, str(p)))
+        atomic_write(run.state_file, lambda p: torch.save(self._state(), p))
 
     def _load_checkpoint(self) -> None:
-        folder = self.out / CHECKPOINT
-        state = torch.load(folder / "state.pt", map_location="cpu", weights_only=False)
+        state = torch.load(self.run.state_file, map_location="cpu", weights_only=False)
         self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
+        self.optimizer.load_state_dict(state)
         _set_rng_state(state["rng"])
         for key in ("epoch", "best_loss", "best_epoch", "bad_epochs", "stopped_early", "elapsed",
                     "step_seconds", "train_events", "seconds_to_best"):
             setattr(self, key, state[key])
-        self.history = _read_history(self.out / "metrics.jsonl", self.epoch)
-        (self.out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in self.history))
+        self.history = self.run.read_history(last_epoch=self.epoch)
+        self.run.write_history(self.history)
         log.info("%s: resuming after epoch %d (best valid loss %.5f at epoch %d)",
-                 self.out, self.epoch, self.best_loss, self.best_epoch)
+                 self.run.path, self.epoch, self.best_loss, self.best_epoch)
 
     # --- the loop ------------------------------------------------------------------------------
 
@@ -285,20 +243,13 @@ class _Run:
         self.train_loader.set_epoch(self.epoch)
         loss_sum, events, seconds = 0.0, 0, 0.0
         bar = tqdm(
-            self.train_loader, desc=f"{self.out.name} epoch {self.epoch}/{t.epochs}",
+            self.train_loader, desc=f"{self.run.name} epoch {self.epoch}/{t.epochs}",
             disable=not t.progress, leave=False, unit="batch", dynamic_ncols=True,
         )
         start = time.perf_counter()
         for batch in bar:
             batch = batch.to(self.device)
-            logits = model(batch)  # [B, N, T]
-            loss = ranking_loss(logits, batch.labels, batch.loss_mask, self.task_weights)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if self.config.optim.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), self.config.optim.grad_clip)
-            self.optimizer.step()
-            self.scheduler.step()
+            loss = train_step(model, self.optimizer, batch, self.task_weights)
             n = int(batch.loss_mask.sum())
             loss_sum += loss.item() * n  # .item() syncs, so the time below is real on GPU too
             seconds = time.perf_counter() - start  # batching, forward, backward and optimizer steps
@@ -311,10 +262,10 @@ class _Run:
         epochs_this_call = 0
         while not self.stopped_early and self.epoch < t.epochs:
             if stop_after_epochs is not None and epochs_this_call >= stop_after_epochs:
-                return {"status": "stopped", "epoch": self.epoch}
+                return TrainResult(self.run, self.epoch, None)
             epoch_start = time.perf_counter()
             self.epoch += 1
-            lr = self.optimizer.param_groups[0]["lr"]
+            lr = self.optimizer.lr
             train_loss, events, step_seconds = self._train_epoch()
             valid = evaluate(self.model, self.data, "valid", self.config.data.eval_batch_size, self.device,
                              bayes_floor=False)
@@ -344,19 +295,18 @@ class _Run:
             }
             self.history.append(record)
             # The record goes first: a resume drops records past the checkpoint's epoch, never misses one.
-            with open(self.out / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(json_safe(record)) + "\n")
+            self.run.append_history(record)
             self._save_checkpoint(improved)
             log.info(
                 "%s epoch %d: train %.5f  valid %.5f%s  %.1f s  %.0f ev/s",
-                self.out.name, self.epoch, train_loss, valid["loss"], " *" if improved else "",
+                self.run.name, self.epoch, train_loss, valid["loss"], " *" if improved else "",
                 epoch_seconds, record["train_events_per_second"],
             )
             epochs_this_call += 1
-        return self._finish()
+        return TrainResult(self.run, self.epoch, self._finish())
 
     def _finish(self) -> dict:
-        load_model(self.model, str(self.out / CHECKPOINT / "best.safetensors"), device=str(self.device))
+        load_model(self.model, str(self.run.weights_file("best")), device=str(self.device))
         batch_size = self.config.data.eval_batch_size
         valid = evaluate(self.model, self.data, "valid", batch_size, self.device)
         test = evaluate(self.model, self.data, "test", batch_size, self.device)
@@ -388,8 +338,8 @@ class _Run:
             },
             "model": self.model_config.to_dict(),
         }
-        result = json_safe(result)
-        _atomic_write(self.out / "metrics.json", lambda p: p.write_text(json.dumps(result, indent=2) + "\n"))
-        plot_run_curves(self.history, self.out / "curves.png",
+        self.run.write_metrics(result)
+        result = self.run.read_metrics()  # what callers get is exactly what the file says
+        plot_run_curves(self.history, self.run.curves_file,
                         f"{self.model_config.formulation} · {self.model_config.backbone} · seed {self.config.train.seed}")
         return result
