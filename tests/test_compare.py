@@ -101,30 +101,42 @@ def test_compare_continues_an_interrupted_run_and_rejects_a_changed_budget(tiny_
     # A compare that was stopped inside its only run, after one of two epochs.
     from causalgr.training.compare import run_config
 
-    train(run_config(base, tiny_data, "lagged", "softmax", 0), out / "runs" / "lagged-seed0", stop_after_epochs=1)
-    results = compare(tiny_data, ["lagged"], "softmax", [0], out, base)
+    base = load_config(None, SETS + ["model.backbone=softmax"])
+    train(run_config(base, tiny_data, "lagged", 0), out / "runs" / "lagged-seed0", stop_after_epochs=1)
+    results = compare(tiny_data, ["lagged"], [0], out, base)
     (run,) = results["runs"]
     assert run["epochs_run"] == 2 and run["backbone"] == "softmax"
     summary = results["summary"][0]
     assert summary["rel_improvement_mean"] is None and summary["rel_improvement_ci95"] is None  # no baseline
     assert summary["loss_ci95"] is None  # one seed: no interval
-    changed = load_config(None, SETS + ["optim.lr=0.01"])
+    changed = load_config(None, SETS + ["model.backbone=softmax", "optim.lr=0.01"])
     with pytest.raises(ConfigError, match="different config"):
-        compare(tiny_data, ["lagged"], "softmax", [0], out, changed)
+        compare(tiny_data, ["lagged"], [0], out, changed)
 
 
 @pytest.mark.parametrize(
-    "formulations,backbone,seeds,message",
+    "formulations,seeds,message",
     [
-        (["interleaved", "bert"], "hstu", [0], "unknown formulation 'bert'"),
-        (["lfa", "lfa"], "hstu", [0], "repeats"),
-        (["lfa"], "rnn", [0], "unknown backbone 'rnn'"),
-        (["lfa"], "hstu", [], "--seeds"),
+        (["interleaved", "bert"], [0], "unknown formulation 'bert'"),
+        (["lfa", "lfa"], [0], "repeats"),
+        (["lfa"], [], "--seeds"),
     ],
 )
-def test_bad_arguments(tiny_data, tmp_path, formulations, backbone, seeds, message):
+def test_bad_arguments(tiny_data, tmp_path, formulations, seeds, message):
     with pytest.raises(ConfigError, match=message):
-        compare(tiny_data, formulations, backbone, seeds, tmp_path / "cmp")
+        compare(tiny_data, formulations, seeds, tmp_path / "cmp")
+
+
+def test_backbone_option_sets_the_config_and_refuses_a_contradiction(tiny_data, tmp_path):
+    config = tmp_path / "softmax.yaml"
+    config.write_text("model:\n  backbone: softmax\n")
+    args = ["compare", "--data", str(tiny_data), "--formulations", "lagged", "--seeds", "0", "--config", str(config),
+            "--out", str(tmp_path / "cmp")] + [word for item in SETS for word in ("--set", item)]
+    result = CliRunner().invoke(app, args + ["--backbone", "hstu"])
+    assert result.exit_code != 0 and "contradicts model.backbone: softmax" in str(result.exception)
+    result = CliRunner().invoke(app, args)  # the config's backbone, no --backbone
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "cmp" / "results.json").read_text())["runs"][0]["backbone"] == "softmax"
 
 
 def test_mean_ci95_and_paired_summary_by_hand():

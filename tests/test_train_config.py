@@ -7,17 +7,14 @@ from pathlib import Path
 
 import pytest
 
+from causalgr.errors import ConfigError
 from causalgr.training.config import (
-    ConfigError,
     TrainConfig,
     load_config,
     parse_override,
-    save_config,
+    to_yaml,
     with_overrides,
 )
-
-ROOT = Path(__file__).resolve().parents[1]
-
 
 def write(tmp_path: Path, text: str) -> Path:
     path = tmp_path / "config.yaml"
@@ -25,11 +22,18 @@ def write(tmp_path: Path, text: str) -> Path:
     return path
 
 
-def test_default_file_matches_the_built_in_defaults_and_round_trips(tmp_path):
-    config = load_config(ROOT / "configs" / "default.yaml")
+def test_config_command_prints_the_built_in_defaults_and_round_trips(tmp_path):
+    from typer.testing import CliRunner
+
+    from causalgr.cli import app
+
+    printed = CliRunner().invoke(app, ["config"])
+    assert printed.exit_code == 0, printed.output
+    assert "dim: 64  # model width" in printed.output  # the description comes from ModelConfig
+    config = load_config(write(tmp_path, printed.output))
     assert config == TrainConfig()
     changed = with_overrides(config, ["optim.lr=3e-3", "model.formulation=lfa", "train.task_weights={like: 2}"])
-    save_config(changed, tmp_path / "saved.yaml")
+    (tmp_path / "saved.yaml").write_text(to_yaml(changed))
     again = load_config(tmp_path / "saved.yaml")
     assert again == changed
     assert again.optim.lr == 0.003 and again.model.formulation == "lfa" and again.train.task_weights == {"like": 2.0}
@@ -49,7 +53,7 @@ def test_overrides_are_yaml_scalars_applied_after_the_file(tmp_path):
         ("optim:\n  lrr: 0.1\n", "config ({path}): unknown key 'optim.lrr' (did you mean 'optim.lr'?)"),
         ("trainer:\n  epochs: 3\n", "config ({path}): unknown key 'trainer'"),
         ("train:\n  epochs: many\n", "config ({path}): train.epochs: Input should be a valid integer"),
-        ("model:\n  formulation: bert\n", "config ({path}): model.formulation: Input should be 'interleaved'"),
+        ("model:\n  formulation: bert\n", "config ({path}): model.formulation: Input should be one of interleaved, lfa, mvp, lagged (got 'bert')"),
         ("model:\n  heads: 3\n", "config ({path}): model: dim 64 must be divisible by heads 3"),
         ("optim:\n  lr: -1\n", "config ({path}): optim.lr: Input should be greater than 0"),
         ("- just\n- a list\n", "config: {path}: expected a mapping of sections, got list"),
@@ -101,3 +105,24 @@ def test_missing_data_path_is_a_config_error(tmp_path):
 
     with pytest.raises(ConfigError, match="data.path is required"):
         train(TrainConfig(), tmp_path / "run")
+
+
+def test_model_section_is_derived_from_model_config():
+    """Every ModelConfig setting, with its default, is a key of the model section; the data's are not."""
+    from dataclasses import fields
+
+    from causalgr.models import ModelConfig
+    from causalgr.models.config import DATA_FIELDS
+    from causalgr.training.config import ModelSection
+
+    settings = {f.name: f.default for f in fields(ModelConfig) if f.name not in DATA_FIELDS}
+    assert set(ModelSection.model_fields) == set(settings)
+    section = ModelSection()
+    assert {k: getattr(section, k) for k in settings if k != "max_len"} == {k: v for k, v in settings.items() if k != "max_len"}
+    assert section.max_len is None  # the prepared data's, unless set
+
+
+def test_attention_engine_must_fit_the_backbone(tmp_path):
+    assert load_config(None, ["model.backbone=softmax", "model.attention=sdpa"]).model.attention == "sdpa"
+    with pytest.raises(ConfigError, match="attention must be one of auto, reference, blocked, triton on the hstu backbone"):
+        load_config(None, ["model.attention=sdpa"])

@@ -19,7 +19,9 @@ from causalgr.training import trainer as trainer_module
 from causalgr.errors import ConfigError
 from causalgr.training.config import load_config
 from causalgr.training.evaluate import evaluate_run
-from causalgr.training.trainer import lr_factor, train
+from causalgr.training import step as step_module
+from causalgr.training.step import lr_factor
+from causalgr.training.trainer import train
 
 TIMING_KEYS = {"train_seconds", "seconds_to_best", "train_events_per_second", "seconds_per_epoch"}
 RECORD_TIMING_KEYS = {"train_step_seconds", "train_events_per_second", "epoch_seconds", "elapsed_seconds"}
@@ -51,10 +53,11 @@ def history(run_dir) -> list[dict]:
 @pytest.mark.parametrize("formulation", ["lfa", "interleaved"])
 def test_resume_after_an_epoch_ends_like_an_uninterrupted_run(tiny_data, tmp_path, formulation):
     config = tiny_config(tiny_data, f"model.formulation={formulation}")
-    full = train(config, tmp_path / "full")
-    assert train(config, tmp_path / "split", stop_after_epochs=1) == {"status": "stopped", "epoch": 1}
+    full = train(config, tmp_path / "full").metrics
+    stopped = train(config, tmp_path / "split", stop_after_epochs=1)
+    assert (stopped.finished, stopped.epoch, stopped.metrics) == (False, 1, None)
     assert not (tmp_path / "split" / "metrics.json").exists()
-    resumed = train(None, tmp_path / "split", resume=True)  # the saved config
+    resumed = train(None, tmp_path / "split", resume=True).metrics  # the saved config
     assert without_timings(resumed) == without_timings(full)
     assert history(tmp_path / "split") == history(tmp_path / "full")
     assert len(history(tmp_path / "full")) == full["epochs_run"] == 3
@@ -66,10 +69,10 @@ def test_resume_after_an_epoch_ends_like_an_uninterrupted_run(tiny_data, tmp_pat
 
 def test_resume_after_a_kill_in_the_middle_of_an_epoch(tiny_data, tmp_path, monkeypatch):
     config = tiny_config(tiny_data, "model.formulation=mvp")
-    full = train(config, tmp_path / "full")
+    full = train(config, tmp_path / "full").metrics
 
     calls = {"n": 0}
-    real_loss = trainer_module.ranking_loss
+    real_loss = step_module.ranking_loss
     steps_per_epoch = math.ceil(48 / 16)
 
     def dies_in_epoch_two(*args, **kwargs):
@@ -78,21 +81,21 @@ def test_resume_after_a_kill_in_the_middle_of_an_epoch(tiny_data, tmp_path, monk
             raise KeyboardInterrupt
         return real_loss(*args, **kwargs)
 
-    monkeypatch.setattr(trainer_module, "ranking_loss", dies_in_epoch_two)
+    monkeypatch.setattr(step_module, "ranking_loss", dies_in_epoch_two)
     with pytest.raises(KeyboardInterrupt):
         train(config, tmp_path / "killed")
-    monkeypatch.setattr(trainer_module, "ranking_loss", real_loss)
+    monkeypatch.setattr(step_module, "ranking_loss", real_loss)
     assert len(history(tmp_path / "killed")) == 1
-    resumed = train(config, tmp_path / "killed", resume=True)
+    resumed = train(config, tmp_path / "killed", resume=True).metrics
     assert without_timings(resumed) == without_timings(full)
     # Resuming a finished run returns its result without training again.
-    assert train(config, tmp_path / "killed", resume=True) == resumed
+    assert train(config, tmp_path / "killed", resume=True).metrics == resumed
 
 
 def test_early_stopping_keeps_the_best_epoch(tiny_data, tmp_path):
     # min_delta is so large that no epoch after the first counts as an improvement.
     config = tiny_config(tiny_data, "train.epochs=6", "train.patience=2", "train.min_delta=100")
-    result = train(config, tmp_path / "run")
+    result = train(config, tmp_path / "run").metrics
     assert (result["best_epoch"], result["epochs_run"], result["stopped_early"]) == (1, 3, True)
     records = history(tmp_path / "run")
     assert [r["best"] for r in records] == [True, False, False]
@@ -112,7 +115,7 @@ def test_early_stopping_keeps_the_best_epoch(tiny_data, tmp_path):
 
 def test_run_folder_contents_and_metrics(tiny_data, tmp_path):
     config = tiny_config(tiny_data, "train.epochs=2", "train.task_weights={share: 0.5}")
-    result = train(config, tmp_path / "run")
+    result = train(config, tmp_path / "run").metrics
     run = tmp_path / "run"
     for name in ("config.yaml", "metrics.jsonl", "metrics.json", "checkpoint/model.safetensors",
                  "checkpoint/state.pt", "checkpoint/best.safetensors", "curves.png"):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import sys
+from pathlib import Path
+from typing import List, Optional
 
 import typer
 
@@ -18,23 +20,39 @@ register_training(app)
 app.command("bench")(bench_command)
 
 
+@app.command("config")
+def config_command(
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="a YAML config to resolve (default: none)"),
+    overrides: List[str] = typer.Option([], "--set", help="override one key, e.g. --set model.dim=128 (repeatable)"),
+) -> None:
+    """Print the resolved training config as YAML with every key's description: the built-in
+    defaults, then FILE, then the overrides. `causalgr config > my.yaml` starts a config file."""
+    from causalgr.training.config import load_config, to_yaml
+
+    typer.echo(to_yaml(load_config(config, overrides), with_help=True), nl=False)
+
+
 @app.command()
 def params(
     num_items: int = typer.Option(1682, help="Item vocabulary (ML-100K has 1,682)."),
     tasks: int = typer.Option(3, help="Number of tasks."),
-    dim: int = 64,
-    layers: int = 2,
-    heads: int = 2,
-    max_len: int = 512,
+    max_len: int = typer.Option(512, help="Longest history in events."),
     num_action_values: int = typer.Option(6, help="Action value vocabulary (ratings 1..5 → 6)."),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config whose model section to count"),
+    overrides: List[str] = typer.Option([], "--set", help="override one key, e.g. --set model.dim=128 (repeatable)"),
 ) -> None:
     """Parameter counts of every formulation × backbone at the same size, so comparisons are seen to be fair."""
     from rich.console import Console
     from rich.table import Table
 
-    from causalgr.models import BACKBONES, FORMULATIONS, ModelConfig, build_model
+    from causalgr.models import BACKBONES, FORMULATIONS, build_model
+    from causalgr.training.config import load_config
 
-    table = Table(title=f"parameters (num_items={num_items}, dim={dim}, layers={layers}, heads={heads}, max_len={max_len})")
+    section = load_config(config, overrides).model
+    sizes = dict(num_items=num_items, tasks=[f"task{t}" for t in range(tasks)], num_action_values=num_action_values,
+                 max_len=section.max_len or max_len)
+    table = Table(title=f"parameters (num_items={num_items}, dim={section.dim}, layers={section.layers}, "
+                        f"heads={section.heads}, max_len={sizes['max_len']})")
     table.add_column("formulation")
     for backbone in BACKBONES:
         table.add_column(backbone, justify="right")
@@ -42,12 +60,8 @@ def params(
     for formulation in FORMULATIONS:
         row = [formulation]
         for backbone in BACKBONES:
-            config = ModelConfig(
-                formulation=formulation, backbone=backbone, num_items=num_items,
-                tasks=tuple(f"task{t}" for t in range(tasks)), dim=dim, layers=layers, heads=heads,
-                max_len=max_len, num_action_values=num_action_values,
-            )
-            model = build_model(config)
+            settings = section.model_copy(update={"formulation": formulation, "backbone": backbone, "attention": "auto"})
+            model = build_model(settings.to_model_config(**sizes))
             row += [f"{model.num_parameters():,}", f"{model.num_parameters(include_items=False):,}"]
         table.add_row(*row)
     Console().print(table)

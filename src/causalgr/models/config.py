@@ -57,6 +57,6 @@ class ModelConfig:
         return {**asdict(self), "tasks": list(self.tasks)}
 
 
-def settings() -> list:
+def settings(config_class: type[ModelConfig] = ModelConfig) -> list:
     """The fields a config file may set: every field but those the data decides."""
-    return [f for f in fields(ModelConfig) if f.name not in DATA_FIELDS]
+    return [f for f in fields(config_class) if f.name not in DATA_FIELDS]

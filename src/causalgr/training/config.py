@@ -20,11 +20,11 @@ from typing import Any, Literal
 
 import pydantic
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from causalgr.data.prepared import PreparedData
 from causalgr.errors import ConfigError, format_validation_error
-from causalgr.models import ATTENTION_ENGINES, BACKBONES, FORMULATIONS, ModelConfig
+from causalgr.models import BACKBONES, FORMULATIONS, ModelConfig
 from causalgr.models.config import settings as model_settings
 from causalgr.models.registry import check_names
 
@@ -42,6 +42,16 @@ class DataSection(_Section):
 class _ModelSettings(_Section):
     """Base of `ModelSection`: the checks `ModelConfig` and the registry make, and the conversion."""
 
+    config_class: typing.ClassVar[type[ModelConfig]] = ModelConfig
+
+    @field_validator("formulation", "backbone", check_fields=False)
+    @classmethod
+    def _registered(cls, name: str, info: ValidationInfo) -> str:
+        known = {"formulation": FORMULATIONS, "backbone": BACKBONES}[info.field_name]
+        if name not in known:
+            raise ValueError(f"Input should be one of {', '.join(known)}")
+        return name
+
     @model_validator(mode="after")
     def _check(self) -> "_ModelSettings":
         check_names(self.to_model_config(num_items=1, tasks=("task",), num_action_values=0, max_len=1))
@@ -51,28 +61,25 @@ class _ModelSettings(_Section):
         """The `ModelConfig` of these settings on data with these sizes (`max_len` unless set here)."""
         settings = self.model_dump()
         settings["max_len"] = settings["max_len"] or max_len
-        return ModelConfig(**settings, num_items=num_items, tasks=tuple(tasks), num_action_values=num_action_values)
+        return self.config_class(**settings, num_items=num_items, tasks=tuple(tasks), num_action_values=num_action_values)
 
 
-def _model_section() -> type[_ModelSettings]:
-    """The `model:` section, derived from `ModelConfig`: each setting with its default and help,
-    names restricted to the registry, `max_len` defaulting to the prepared data's."""
-    hints = typing.get_type_hints(ModelConfig)
-    names = {
-        "formulation": Literal[tuple(FORMULATIONS)],
-        "backbone": Literal[tuple(BACKBONES)],
-        "attention": Literal[tuple(dict.fromkeys(e for engines in ATTENTION_ENGINES.values() for e in engines))],
-    }
+def model_section(config_class: type[ModelConfig] = ModelConfig) -> type[_ModelSettings]:
+    """The `model:` section, derived from `config_class`: each setting with its default and help,
+    names checked against the registry, `max_len` defaulting to the prepared data's."""
+    hints = typing.get_type_hints(config_class)
     fields = {}
-    for f in model_settings():
+    for f in model_settings(config_class):
         if f.name == "max_len":
             fields[f.name] = (int | None, Field(None, description=f"{f.metadata['help']}; null = the prepared data's"))
         else:
-            fields[f.name] = (names.get(f.name, hints[f.name]), Field(f.default, description=f.metadata["help"]))
-    return pydantic.create_model("ModelSection", __base__=_ModelSettings, **fields)
+            fields[f.name] = (hints[f.name], Field(f.default, description=f.metadata["help"]))
+    section = pydantic.create_model("ModelSection", __base__=_ModelSettings, **fields)
+    section.config_class = config_class
+    return section
 
 
-ModelSection = _model_section()
+ModelSection = model_section()
 
 
 class OptimSection(_Section):
@@ -193,6 +200,15 @@ def with_overrides(config: TrainConfig, overrides: Sequence[str]) -> TrainConfig
     return validate_config(apply_overrides(config.to_dict(), overrides), "--set")
 
 
-def save_config(config: TrainConfig, path: Path | str) -> None:
-    """Write the resolved config as YAML (it loads back to an equal `TrainConfig`)."""
-    Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+def to_yaml(config: TrainConfig, with_help: bool = False) -> str:
+    """`config` as a YAML file that loads back to an equal `TrainConfig`; with `with_help`, each
+    key is followed by its description as a comment (what `causalgr config` prints)."""
+    if not with_help:
+        return yaml.safe_dump(config.to_dict(), sort_keys=False)
+    lines = []
+    for name, section in config:
+        lines.append(f"{name}:")
+        for key, field in type(section).model_fields.items():
+            value = yaml.safe_dump({key: getattr(section, key)}, default_flow_style=True, width=1000).strip()[1:-1]
+            lines.append(f"  {value}" + (f"  # {field.description}" if field.description else ""))
+    return "\n".join(lines) + "\n"

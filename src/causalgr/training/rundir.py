@@ -20,11 +20,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
 from causalgr.data.errors import DataError
 from causalgr.models import ModelConfig
-from causalgr.training.config import TrainConfig, read_config_file, validate_config
+from causalgr.training.config import TrainConfig, read_config_file, to_yaml, validate_config
 from causalgr.training.metrics import json_safe
 
 
@@ -97,7 +95,7 @@ class RunDir:
         return validate_config(read_config_file(self.config_file), str(self.config_file))
 
     def write_config(self, config: TrainConfig) -> None:
-        text = yaml.safe_dump(config.to_dict(), sort_keys=False)
+        text = to_yaml(config)
         atomic_write(self.config_file, lambda p: p.write_text(text))
 
     def read_model_config(self) -> ModelConfig:
