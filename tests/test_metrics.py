@@ -20,6 +20,7 @@ from causalgr.training.metrics import (
     log_loss_from_logits,
     log_loss_from_probs,
     normalized_entropy,
+    task_metrics,
 )
 
 
@@ -148,3 +149,16 @@ def test_no_floor_without_true_probs_everywhere():
 
 def test_json_safe():
     assert json_safe({"a": [math.nan, 1.5, np.float64(math.inf)], "b": np.int64(3)}) == {"a": [None, 1.5, None], "b": 3}
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_non_finite_scores_raise_or_are_reported(bad):
+    scores = np.array([0.1, bad, 0.3, 0.7])
+    labels = np.array([0, 1, 0, 1])
+    users = np.array([1, 1, 2, 2])
+    for metric in (lambda: auc(scores, labels), lambda: gauc(scores, labels, users)):
+        with pytest.raises(ValueError, match="1 of 4 scores are NaN or infinite"):
+            metric()
+    reported = task_metrics(scores, labels, users)
+    assert reported["non_finite_scores"] == 1
+    assert all(math.isnan(reported[k]) for k in ("logloss", "ne", "auc", "gauc"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import pytest
 from safetensors.torch import load_file
@@ -158,3 +159,15 @@ def test_lr_schedule():
     assert lr_factor(total, total, warmup, "cosine", 0.1) == pytest.approx(0.1)
     assert lr_factor(55, total, warmup, "linear", 0.0) == pytest.approx(0.5)
     assert lr_factor(70, total, 0.0, "constant", 0.0) == 1.0
+
+
+def test_a_diverging_run_stops_with_one_line_naming_epoch_and_step(tiny_data, tmp_path):
+    from causalgr.training.trainer import TrainingDiverged
+
+    config = tiny_config(tiny_data, "optim.lr=1e30", "optim.warmup=0", "optim.grad_clip=0")
+    with pytest.raises(TrainingDiverged) as err:
+        train(config, tmp_path / "run")
+    message = str(err.value)
+    assert re.match(r"train: the training loss became (nan|inf) at epoch \d+, step \d+ of \d+ \(lr [^)]+\); "
+                    r"try a lower learning rate, e\.g\. --set optim\.lr=2\.5e\+29$", message), message
+    assert "\n" not in message and not (tmp_path / "run" / "metrics.json").exists()

@@ -27,6 +27,7 @@ class RankingModel(nn.Module):
             self.items.weight[0].zero_()
         self.actions = ActionEncoder(len(config.tasks), config.dim, config.num_action_values, config.action_norm)
         self.input_dropout = nn.Dropout(config.dropout)
+        self.register_forward_pre_hook(_check_length)
 
     def make_encoder(self, max_tokens: int, mvp: bool = False) -> nn.Module:
         return BACKBONES[self.config.backbone](self.config, max_tokens, mvp)
@@ -45,3 +46,12 @@ class RankingModel(nn.Module):
         """Parameter count; without the item table, the part that differs between formulations."""
         total = sum(p.numel() for p in self.parameters())
         return total if include_items else total - self.items.weight.numel()
+
+
+def _check_length(model: RankingModel, args: tuple) -> None:
+    """Every formulation's position tables end at `max_len`: a longer batch is the caller's mistake."""
+    (batch,) = args
+    if batch.items.shape[1] > model.config.max_len:
+        raise ValueError(
+            f"batch has {batch.items.shape[1]} events per row but the model's max_len is {model.config.max_len}"
+        )

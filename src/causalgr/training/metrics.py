@@ -22,9 +22,18 @@ from causalgr.batch import Batch
 _PROB_EPS = 1e-12  # keeps log(p) finite for a probability of exactly 0 or 1
 
 
+def _finite(scores: np.ndarray) -> np.ndarray:
+    """`scores` as float64; `ValueError` counting them if any is NaN or ±inf (no metric of them is meaningful)."""
+    scores = np.asarray(scores, dtype=np.float64)
+    bad = int(np.count_nonzero(~np.isfinite(scores)))
+    if bad:
+        raise ValueError(f"{bad} of {scores.size} scores are NaN or infinite")
+    return scores
+
+
 def log_loss_from_logits(logits: np.ndarray, labels: np.ndarray) -> float:
     """Mean binary cross-entropy of sigmoid(`logits`) against 0/1 `labels`, computed stably."""
-    logits = np.asarray(logits, dtype=np.float64)
+    logits = _finite(logits)
     labels = np.asarray(labels, dtype=np.float64)
     if logits.size == 0:
         return math.nan
@@ -84,7 +93,7 @@ def _tie_averaged_ranks(sorted_scores: np.ndarray, group_starts: np.ndarray | No
 
 def auc(scores: np.ndarray, labels: np.ndarray) -> float:
     """Area under the ROC curve (Mann–Whitney U), ties counting one half; `nan` with one class."""
-    scores = np.asarray(scores, dtype=np.float64)
+    scores = _finite(scores)
     labels = np.asarray(labels) > 0.5
     n_pos = int(labels.sum())
     n_neg = len(labels) - n_pos
@@ -102,7 +111,7 @@ def gauc(scores: np.ndarray, labels: np.ndarray, users: np.ndarray) -> float:
     Users whose evaluated labels are all one class have no AUC and are skipped (neither their AUC
     nor their weight counts); `nan` when no user has both classes.
     """
-    scores = np.asarray(scores, dtype=np.float64)
+    scores = _finite(scores)
     labels = np.asarray(labels) > 0.5
     users = np.asarray(users)
     if scores.size == 0:
@@ -125,7 +134,13 @@ def gauc(scores: np.ndarray, labels: np.ndarray, users: np.ndarray) -> float:
 
 
 def task_metrics(logits: np.ndarray, labels: np.ndarray, users: np.ndarray) -> dict[str, float]:
-    """Log loss, NE, AUC, GAUC and positive rate of one task from logits."""
+    """Log loss, NE, AUC, GAUC and positive rate of one task from logits. If any logit is NaN or
+    infinite, every score metric is `nan` and `non_finite_scores` counts them."""
+    bad = int(np.count_nonzero(~np.isfinite(np.asarray(logits, dtype=np.float64))))
+    if bad:
+        positive_rate = float(np.mean(labels)) if len(labels) else math.nan
+        return {"logloss": math.nan, "ne": math.nan, "auc": math.nan, "gauc": math.nan,
+                "positive_rate": positive_rate, "non_finite_scores": bad}
     return _ranking_metrics(log_loss_from_logits(logits, labels), logits, labels, users)
 
 

@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 from causalgr.data.loader import SequenceLoader
 from causalgr.data.prepared import PreparedData, load_prepared
 from causalgr.models import build_model
-from causalgr.errors import ConfigError
+from causalgr.errors import CausalgrError, ConfigError
 from causalgr.training.config import TrainConfig
 from causalgr.training.evaluate import evaluate, resolve_device
 from causalgr.training.report import plot_run_curves
@@ -117,6 +117,10 @@ def _flat(tree: dict, prefix: str = "") -> dict:
         else:
             flat[prefix + key] = value
     return flat
+
+
+class TrainingDiverged(CausalgrError):
+    """The loss became NaN or infinite: one line naming the epoch and step, and what to try."""
 
 
 @dataclass(frozen=True)
@@ -247,11 +251,17 @@ class _Run:
             disable=not t.progress, leave=False, unit="batch", dynamic_ncols=True,
         )
         start = time.perf_counter()
-        for batch in bar:
+        for step, batch in enumerate(bar, start=1):
             batch = batch.to(self.device)
-            loss = train_step(model, self.optimizer, batch, self.task_weights)
+            lr = self.optimizer.lr
+            loss = train_step(model, self.optimizer, batch, self.task_weights).item()  # syncs: the time is real on GPU
+            if not math.isfinite(loss):
+                raise TrainingDiverged(
+                    f"train: the training loss became {loss} at epoch {self.epoch}, step {step} of "
+                    f"{len(self.train_loader)} (lr {lr:.3g}); try a lower learning rate, e.g. --set optim.lr={self.config.optim.lr / 4:.2g}"
+                )
             n = int(batch.loss_mask.sum())
-            loss_sum += loss.item() * n  # .item() syncs, so the time below is real on GPU too
+            loss_sum += loss * n
             seconds = time.perf_counter() - start  # batching, forward, backward and optimizer steps
             events += n
             bar.set_postfix(loss=f"{loss_sum / max(events, 1):.4f}", ev_s=f"{events / max(seconds, 1e-9):,.0f}")
@@ -274,6 +284,11 @@ class _Run:
             self.elapsed += epoch_seconds
             self.step_seconds += step_seconds
             self.train_events += events
+            if not math.isfinite(valid["loss"]):
+                raise TrainingDiverged(
+                    f"train: the validation loss became {valid['loss']} after epoch {self.epoch} (lr {lr:.3g}); "
+                    f"try a lower learning rate, e.g. --set optim.lr={self.config.optim.lr / 4:.2g}"
+                )
             improved = valid["loss"] < self.best_loss - t.min_delta
             if improved:
                 self.best_loss, self.best_epoch, self.bad_epochs = valid["loss"], self.epoch, 0
