@@ -64,7 +64,7 @@ def test_compare_end_to_end_writes_the_contract(tiny_data, tmp_path):
     by = {(r["formulation"], r["seed"]): r for r in runs}
     rel = [(by["interleaved", s]["test"]["loss"] - by["lfa", s]["test"]["loss"]) / by["interleaved", s]["test"]["loss"]
            for s in (0, 1)]
-    speed = [by["lfa", s]["train_events_per_second"] / by["interleaved", s]["train_events_per_second"] for s in (0, 1)]
+    speed = [by["lfa", s]["median_events_per_second"] / by["interleaved", s]["median_events_per_second"] for s in (0, 1)]
     for name, s in summary.items():
         for key in ("loss_mean", "rel_improvement_mean", "rel_improvement_ci95", "speedup_mean", "bayes_floor_loss"):
             assert key in s, key
@@ -147,7 +147,8 @@ def test_mean_ci95_and_paired_summary_by_hand():
     def run(formulation, seed, loss, rate, seconds):
         tasks = {t: {"logloss": loss / 2, "ne": 0.9, "auc": 0.7, "gauc": 0.6} for t in TASKS}
         return {"formulation": formulation, "backbone": "hstu", "seed": seed, "test": {"loss": loss, "tasks": tasks},
-                "valid": {"loss": loss}, "train_events_per_second": rate, "train_seconds": seconds,
+                "valid": {"loss": loss}, "train_events_per_second": rate, "median_events_per_second": rate,
+                "disturbed_epochs": [], "run_dir": f"runs/{formulation}-seed{seed}", "train_seconds": seconds,
                 "seconds_to_best": seconds, "seconds_per_epoch": seconds / 4, "best_epoch": 3,
                 "num_parameters": 10, "num_parameters_without_items": 5}
 
@@ -159,3 +160,28 @@ def test_mean_ci95_and_paired_summary_by_hand():
     assert mvp["train_time_reduction_mean"] == pytest.approx((0.2 + 0.5) / 2)
     assert base["rel_improvement_mean"] == 0.0 and mvp["bayes_floor_loss"] is None
     assert mvp["tasks"]["like"]["ne_mean"] == pytest.approx(0.9)
+
+
+def test_speedup_is_the_ratio_of_per_run_medians_and_disturbed_epochs_are_named():
+    from causalgr.training.compare import _run_entry
+
+    def entry(formulation, seed, rates):
+        metrics = {"formulation": formulation, "backbone": "hstu", "seed": seed, "best_epoch": 1,
+                   "epochs_run": len(rates), "stopped_early": False, "train_seconds": 10.0, "seconds_to_best": 5.0,
+                   "train_events_per_second": sum(rates) / len(rates), "seconds_per_epoch": 2.5,
+                   "num_parameters": 10, "num_parameters_without_items": 5,
+                   "test": {"loss": 1.0, "tasks": {t: {"logloss": 0.5, "ne": 0.9, "auc": 0.7, "gauc": 0.6} for t in TASKS}},
+                   "valid": {"loss": 1.0}}
+        history = [{"epoch": e + 1, "train_events_per_second": r, "train_loss": 1.0, "valid": {"loss": 1.0}}
+                   for e, r in enumerate(rates)]
+        return _run_entry(f"{formulation}-seed{seed}", metrics, history)
+
+    runs = [entry("interleaved", 0, [100.0, 100.0, 20.0, 100.0]),  # one epoch slowed by other load
+            entry("interleaved", 1, [100.0, 100.0, 100.0]),
+            entry("lfa", 0, [200.0, 200.0, 200.0]),
+            entry("lfa", 1, [100.0, 100.0, 100.0])]  # a whole run slowed: half its formulation's typical speed
+    assert runs[0]["median_events_per_second"] == 100.0 and runs[0]["disturbed_epochs"] == [3]
+    base, lfa = summarize(runs, ["interleaved", "lfa"], TASKS, None)
+    assert lfa["speedup_mean"] == pytest.approx((2.0 + 1.0) / 2)  # medians, not the disturbed means
+    assert base["disturbed_runs"] == ["runs/interleaved-seed0"]
+    assert lfa["disturbed_runs"] == ["runs/lfa-seed1"]

@@ -10,9 +10,12 @@ Definitions (also written into `results.json` under `definitions`):
 - relative improvement of a formulation: `(L_interleaved − L_model) / L_interleaved` on the
   test loss (summed per-task log loss), paired by seed; mean and 95% Student-t interval over
   seeds.
-- speedup: `train_events_per_second(model) / train_events_per_second(interleaved)`, paired by
-  seed. Every formulation sees the same events per epoch, so this is also the ratio of
-  training-step seconds per epoch (validation excluded).
+- speedup: the ratio of the runs' median per-epoch training throughput (model / interleaved),
+  paired by seed. Every formulation sees the same events per epoch, so this is also the ratio of
+  training-step seconds per epoch (validation excluded); the median keeps one epoch slowed by
+  other load on the machine from moving it. An epoch below `DISTURBED` × its run's median, or a
+  run whose median is below `DISTURBED` × the median of its formulation's runs, is reported as
+  disturbed.
 - training-time reduction: `(T_interleaved − T_model) / T_interleaved` on total wall-clock
   training seconds (early stopping included), paired by seed.
 """
@@ -38,12 +41,16 @@ from causalgr.training.trainer import train
 
 log = logging.getLogger(__name__)
 
+DISTURBED = 0.8  # throughput below this share of the typical one counts as disturbed by other load
+
 DEFINITIONS = {
     "loss": "test eval loss: sum over tasks of the mean log loss on the test positions (streaming evaluation)",
     "rel_improvement": "(L_interleaved - L_model) / L_interleaved on test loss, paired by seed; > 0 is better",
     "ci95": "mean +- t_{0.975, n-1} * sd / sqrt(n) over seeds (Student t); null with fewer than 2 seeds",
-    "speedup": "train_events_per_second(model) / train_events_per_second(interleaved), paired by seed "
-    "(= ratio of training-step seconds per epoch; validation excluded)",
+    "speedup": "median_events_per_second(model) / median_events_per_second(interleaved), paired by seed: the ratio "
+    "of the runs' median per-epoch training throughput (= ratio of training-step seconds per epoch; validation excluded)",
+    "disturbed": "an epoch below 0.8 x its run's median throughput, or a run whose median is below 0.8 x the median "
+    "of its formulation's runs (other load on the machine); speedups use medians so one such epoch does not move them",
     "train_time_reduction": "(T_interleaved - T_model) / T_interleaved on total training wall seconds, paired by seed",
     "train_events_per_second": "loss-carrying (item, action) events per second of training steps, whatever the token count",
     "bayes_floor_loss": "test loss of the true label probabilities (synthetic data only)",
@@ -124,6 +131,8 @@ def compare(
 
 def _run_entry(name: str, metrics: dict, history: list[dict]) -> dict:
     strip = lambda split: {k: v for k, v in metrics[split].items() if k != "bayes_floor"}  # noqa: E731
+    rates = [r["train_events_per_second"] for r in history]
+    median = float(np.median(rates))
     return {
         "formulation": metrics["formulation"],
         "backbone": metrics["backbone"],
@@ -137,6 +146,9 @@ def _run_entry(name: str, metrics: dict, history: list[dict]) -> dict:
         "train_seconds": metrics["train_seconds"],
         "seconds_to_best": metrics["seconds_to_best"],
         "train_events_per_second": metrics["train_events_per_second"],
+        "epoch_events_per_second": rates,
+        "median_events_per_second": median,
+        "disturbed_epochs": [r["epoch"] for r in history if r["train_events_per_second"] < DISTURBED * median],
         "seconds_per_epoch": metrics["seconds_per_epoch"],
         "num_parameters": metrics["num_parameters"],
         "num_parameters_without_items": metrics["num_parameters_without_items"],
@@ -158,7 +170,9 @@ def summarize(runs: list[dict], formulations: Sequence[str], tasks: Sequence[str
         mine = [r for r in runs if r["formulation"] == formulation]
         loss_mean, loss_ci = mean_ci95([r["test"]["loss"] for r in mine])
         rel = _paired(runs, formulation, lambda m, b: (b["test"]["loss"] - m["test"]["loss"]) / b["test"]["loss"])
-        speed = _paired(runs, formulation, lambda m, b: m["train_events_per_second"] / b["train_events_per_second"])
+        speed = _paired(runs, formulation, lambda m, b: m["median_events_per_second"] / b["median_events_per_second"])
+        typical = float(np.median([r["median_events_per_second"] for r in mine]))
+        disturbed = [r["run_dir"] for r in mine if r["disturbed_epochs"] or r["median_events_per_second"] < DISTURBED * typical]
         time_cut = _paired(runs, formulation, lambda m, b: (b["train_seconds"] - m["train_seconds"]) / b["train_seconds"])
         rel_mean, rel_ci = mean_ci95(rel) if rel else (None, None)
         speed_mean, speed_ci = mean_ci95(speed) if speed else (None, None)
@@ -189,6 +203,8 @@ def summarize(runs: list[dict], formulations: Sequence[str], tasks: Sequence[str
             "seconds_to_best_mean": mean_of("seconds_to_best"),
             "seconds_per_epoch_mean": mean_of("seconds_per_epoch"),
             "train_events_per_second_mean": mean_of("train_events_per_second"),
+            "median_events_per_second_median": typical,
+            "disturbed_runs": disturbed,
             "best_epoch_mean": mean_of("best_epoch"),
             "num_parameters": mine[0]["num_parameters"],
             "num_parameters_without_items": mine[0]["num_parameters_without_items"],

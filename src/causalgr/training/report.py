@@ -120,16 +120,21 @@ def render_markdown(results: dict) -> str:
     if floor:
         rows.append(["Bayes floor"] + [format_number(floor["tasks"][k][metric]) for k in tasks for metric in ("auc", "gauc")])
     out += [_table(header, rows), "", "## Training time and throughput", "",
-            "Events are loss-carrying (item, action) pairs, whatever the token count. Speedup is the throughput "
-            "ratio vs `interleaved` (= ratio of training-step seconds per epoch), paired by seed; time reduction "
-            "is on total wall-clock training seconds (validation and early stopping included).", ""]
+            "Events are loss-carrying (item, action) pairs, whatever the token count. Speedup is the ratio of the "
+            f"runs' median per-epoch throughput vs `{BASELINE}` (= ratio of training-step seconds per epoch), paired "
+            "by seed; time reduction is on total wall-clock training seconds (validation and early stopping "
+            "included).", ""]
+    disturbed = [run for s in summary for run in s["disturbed_runs"]]
+    if disturbed:
+        out += [f"Disturbed by other load on the machine (see `disturbed` below): {', '.join(disturbed)}. "
+                "The medians keep a disturbed epoch from moving the speedup; total seconds are not protected.", ""]
     rows = [
         [
             f"`{s['formulation']}`",
             format_number(s["train_seconds_mean"], 1),
             format_number(s["seconds_to_best_mean"], 1),
             format_number(s["seconds_per_epoch_mean"], 2),
-            f"{s['train_events_per_second_mean']:,.0f}",
+            f"{s['median_events_per_second_median']:,.0f}",
             *(["(baseline)"] * 2 if s["formulation"] == BASELINE else [
                 ratio_ci(s["speedup_mean"], s["speedup_ci95"]),
                 percent_ci(s["train_time_reduction_mean"], s["train_time_reduction_ci95"]),
@@ -137,15 +142,17 @@ def render_markdown(results: dict) -> str:
         ]
         for s in summary
     ]
-    out += [_table(["formulation", "train s (total)", "s to best epoch", "s per epoch (steps)", "events/s",
+    out += [_table(["formulation", "train s (total)", "s to best epoch", "s per epoch (steps)", "events/s (median)",
                     f"speedup vs {BASELINE}", f"time reduction vs {BASELINE}"], rows), "",
             "## Every run", ""]
     rows = [
         [r["run_dir"], str(r["seed"]), format_number(r["test"]["loss"]), format_number(r["valid"]["loss"]),
-         f"{r['best_epoch']}/{r['epochs_run']}", format_number(r["train_seconds"], 1), f"{r['train_events_per_second']:,.0f}"]
+         f"{r['best_epoch']}/{r['epochs_run']}", format_number(r["train_seconds"], 1),
+         f"{r['median_events_per_second']:,.0f}", ", ".join(map(str, r["disturbed_epochs"])) or "—"]
         for r in results["runs"]
     ]
-    out += [_table(["run", "seed", "test loss", "valid loss", "best/epochs", "train s", "events/s"], rows), "",
+    out += [_table(["run", "seed", "test loss", "valid loss", "best/epochs", "train s", "median events/s",
+                    "disturbed epochs"], rows), "",
             "## Plots", ""]
     out += [f"![{name[:-4].replace('_', ' ')}]({name})" for name in PLOTS]
     out += ["", "## Definitions", ""]
