@@ -28,7 +28,7 @@ def tiny_data(tmp_path_factory):
     return out
 
 
-SETS = ["model.dim=8", "model.layers=1", "train.epochs=2", "data.batch_size=20", "train.progress=false", "train.threads=1"]
+SETS = ["model.dim=8", "model.layers=1", "train.epochs=2", "data.batch_size=20", "train.threads=1"]
 
 
 def test_compare_end_to_end_writes_the_contract(tiny_data, tmp_path):
@@ -40,6 +40,8 @@ def test_compare_end_to_end_writes_the_contract(tiny_data, tmp_path):
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "Bayes" in result.output
+    # Off a terminal (a log file): the summary table at full width, no progress-bar redraws.
+    assert "│ interleaved │" in result.output and "…" not in result.output and "\r" not in result.output
 
     results = json.loads((out / "results.json").read_text())
     runs = results["runs"]

@@ -42,8 +42,9 @@ def params(
     overrides: List[str] = typer.Option([], "--set", help="override one key, e.g. --set model.dim=128 (repeatable)"),
 ) -> None:
     """Parameter counts of every formulation × backbone at the same size, so comparisons are seen to be fair."""
-    from rich.console import Console
     from rich.table import Table
+
+    from causalgr.cli.common import console
 
     from causalgr.models import BACKBONES, FORMULATIONS, build_model
     from causalgr.training.config import load_config
@@ -64,7 +65,7 @@ def params(
             model = build_model(settings.to_model_config(**sizes))
             row += [f"{model.num_parameters():,}", f"{model.num_parameters(include_items=False):,}"]
         table.add_row(*row)
-    Console().print(table)
+    console().print(table)
 
 
 def main() -> None:

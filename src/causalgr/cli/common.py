@@ -1,9 +1,12 @@
-"""What the commands share: reading comma-separated lists."""
+"""What the commands share: reading comma-separated lists, and the console tables print to."""
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Sequence
 from typing import TypeVar
+
+from rich.console import Console
 
 from causalgr.errors import ConfigError
 
@@ -26,3 +29,9 @@ def parse_list(text: str, option: str, kind: Callable[[str], T] = str, choices: 
     if len(set(values)) != len(values):
         raise ConfigError(f"{option}: repeats a value in {text!r}")
     return values
+
+
+def console() -> Console:
+    """A rich console; off a terminal (`causalgr … > log`) tables keep their full width instead of
+    rich's 80-column default, which squeezes names into `inter…`."""
+    return Console() if sys.stdout.isatty() else Console(width=1000)

@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from causalgr.cli.common import console
 from causalgr.errors import ConfigError
 from causalgr.models import BACKBONES, BASELINE, FORMULATIONS
 from causalgr.training.report import format_number, percent_ci, plus_minus, ratio_ci
@@ -52,9 +53,9 @@ def register(app: typer.Typer) -> None:
         overrides = list(overrides) + ([f"data.path={data}"] if data is not None else [])
         resolved = None if resume and config is None and not overrides else load_config(config, overrides)
         result = train(resolved, out, resume=resume).metrics
-        console = Console()
-        console.print(_metrics_table(f"test (best epoch {result['best_epoch']} of {result['epochs_run']})", result["test"]))
-        console.print(
+        out = console()
+        out.print(_metrics_table(f"test (best epoch {result['best_epoch']} of {result['epochs_run']})", result["test"]))
+        out.print(
             f"valid loss {result['valid']['loss']:.5f} · test loss {result['test']['loss']:.5f} · "
             f"{result['train_seconds']:.1f} s ({result['seconds_to_best']:.1f} s to best) · "
             f"{result['train_events_per_second']:,.0f} events/s → {out / 'metrics.json'}"
@@ -73,7 +74,7 @@ def register(app: typer.Typer) -> None:
         from causalgr.training.metrics import json_safe
 
         result = json_safe(evaluate_run(run, split, batch_size, device))
-        Console().print(_metrics_table(f"{run} · {split} · {result['events']:,} events", result))
+        console().print(_metrics_table(f"{run} · {split} · {result['events']:,} events", result))
         if json_out is not None:
             json_out.write_text(json.dumps(result, indent=2) + "\n")
 
@@ -117,9 +118,9 @@ def register(app: typer.Typer) -> None:
         typer.echo(f"results: {out / 'results.json'} · report: {out / 'report.md'}")
 
 
-def print_summary(results: dict, console: Console | None = None) -> None:
+def print_summary(results: dict, out: Console | None = None) -> None:
     """The headline table of a comparison on the terminal (rich)."""
-    console = console or Console()
+    out = out or console()
     tasks = results["data"]["tasks"]
     floor = results.get("bayes_floor")
     table = Table(title=f"{results['data']['source']} · {results['backbone']} · seeds {results['seeds']}")
@@ -138,4 +139,4 @@ def print_summary(results: dict, console: Console | None = None) -> None:
     if floor:
         table.add_row("Bayes floor", format_number(floor["loss"]), "—", *[format_number(floor["tasks"][k]["ne"]) for k in tasks],
                       "—", "—", "—")
-    console.print(table)
+    out.print(table)

@@ -102,7 +102,7 @@ class TrainSection(_Section):
     threads: int = Field(0, ge=0, description="torch CPU threads; 0 = one per core")
     task_weights: dict[str, float] = Field(default_factory=dict, description="loss weight per task (default 1)")
     deterministic: bool = Field(True, description="ask torch for deterministic kernels")
-    progress: bool = Field(True, description="show progress bars")
+    progress: bool = Field(True, description="show progress bars (on a terminal; a log gets one line per epoch)")
 
 
 class TrainConfig(_Section):

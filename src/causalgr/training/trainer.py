@@ -21,6 +21,7 @@ import logging
 import math
 import os
 import random
+import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -248,7 +249,7 @@ class _Run:
         loss_sum, events, seconds = 0.0, 0, 0.0
         bar = tqdm(
             self.train_loader, desc=f"{self.run.name} epoch {self.epoch}/{t.epochs}",
-            disable=not t.progress, leave=False, unit="batch", dynamic_ncols=True,
+            disable=not t.progress or not sys.stderr.isatty(), leave=False, unit="batch", dynamic_ncols=True,
         )
         start = time.perf_counter()
         for step, batch in enumerate(bar, start=1):
