@@ -15,6 +15,7 @@ from causalgr.cli import app
 from causalgr.cli import data as data_cli
 from causalgr.data import fetch
 from causalgr.data.errors import DataError
+from causalgr.errors import ConfigError
 
 runner = CliRunner()
 
@@ -108,12 +109,12 @@ def test_fetch_prints_the_path(monkeypatch, tmp_path):
     assert "only ml-100k is downloadable" in str(result.exception)
 
 
-def test_bad_settings_are_usage_errors(tmp_path, udata):
+def test_bad_settings_are_config_errors(tmp_path, udata):
     result = invoke("prepare", "ml-100k", "--path", str(udata), "--out", str(tmp_path / "p"), "--split", "random")
     assert result.exit_code == 2
     result = invoke("prepare", "ml-100k", "--path", str(udata), "--out", str(tmp_path / "p"), "--valid-frac", "0.6", "--test-frac", "0.5")
-    assert result.exit_code == 2
-    assert "valid_frac + test_frac must be < 1" in result.output
+    assert isinstance(result.exception, ConfigError)
+    assert str(result.exception).startswith("data prepare: settings: valid_frac + test_frac must be < 1")
     assert not (tmp_path / "p").exists()
 
 

@@ -2,22 +2,24 @@
 
 from __future__ import annotations
 
+import inspect
 from enum import Enum
 from pathlib import Path
-from typing import List, Optional
+from typing import Any, List, Optional
 
 import pydantic
 import typer
+from pydantic.fields import FieldInfo
 
 from causalgr.data.errors import DataError
 from causalgr.data.fetch import fetch_ml100k
 from causalgr.data.prepared import load_prepared
 from causalgr.data.sequences import PrepareSettings, format_stats, prepare
 from causalgr.data.sources import KUAIRAND_TASKS, SOURCES, load_source
-from causalgr.data.synth import synth_command
+from causalgr.data.synth import SynthSettings, generate
+from causalgr.errors import ConfigError, format_validation_error
 
 app = typer.Typer(no_args_is_help=True, add_completion=False)
-app.command("synth")(synth_command)
 
 _DEFAULTS = {name: field.default for name, field in PrepareSettings.model_fields.items()}
 
@@ -87,8 +89,7 @@ def prepare_command(
             test_start=test_start,
         )
     except pydantic.ValidationError as err:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in err.errors())
-        raise typer.BadParameter(problems) from None
+        raise ConfigError(format_validation_error(err, "data prepare")) from None
     events = load_source(
         source,
         path,
@@ -110,3 +111,46 @@ def stats(
 ) -> None:
     """Print the statistics of a prepared dataset."""
     typer.echo(format_stats(load_prepared(directory).meta))
+
+
+def synth_command(out: Path, max_len: int, **given: Any) -> None:
+    """Generate synthetic events with a planted causal chain and prepare them into OUT."""
+    try:
+        settings = SynthSettings(**{name: value for name, value in given.items() if value is not None})
+    except pydantic.ValidationError as err:
+        raise ConfigError(format_validation_error(err, "data synth")) from None
+    data = prepare(generate(settings), out, PrepareSettings(max_len=max_len))
+    typer.echo(format_stats(data.meta))
+
+
+def _synth_option(name: str, field: FieldInfo) -> inspect.Parameter:
+    """`--name` for one `SynthSettings` field; unset (None) leaves the field's default.
+
+    Per-task lists (tuple fields) arrive as text, "a,b,c", which `SynthSettings` splits.
+    """
+    if field.default == ():  # per-task values whose default the description gives
+        help_text = f"{field.description}; one value or one per task, comma-separated"
+    else:
+        default = ",".join(map(str, field.default)) if isinstance(field.default, tuple) else field.default
+        help_text = f"{field.description} (default {default})"
+    kind = str if isinstance(field.default, tuple) else field.annotation
+    option = typer.Option(None, f"--{name.replace('_', '-')}", help=help_text, show_default=False)
+    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=Optional[kind])
+
+
+# The signature typer reads: OUT and --max-len, then one option per generator setting, so a new
+# setting is one new field of `SynthSettings` and nothing else.
+synth_command.__signature__ = inspect.Signature(
+    [
+        inspect.Parameter(
+            "out", inspect.Parameter.KEYWORD_ONLY, annotation=Path,
+            default=typer.Option(..., "--out", help="folder for the prepared dataset"),
+        ),
+        inspect.Parameter(
+            "max_len", inspect.Parameter.KEYWORD_ONLY, annotation=int,
+            default=typer.Option(_DEFAULTS["max_len"], "--max-len", help="keep each user's most recent events"),
+        ),
+        *(_synth_option(name, field) for name, field in SynthSettings.model_fields.items()),
+    ]
+)
+app.command("synth")(synth_command)
