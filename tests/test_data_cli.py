@@ -15,6 +15,7 @@ from causalgr.cli import app
 from causalgr.cli import data as data_cli
 from causalgr.data import fetch
 from causalgr.data.errors import DataError
+from causalgr.data.sequences import DROP_TRUNCATED
 from causalgr.errors import ConfigError
 
 runner = CliRunner()
@@ -60,6 +61,20 @@ def test_prepare_prints_stats_and_writes_the_dataset(tmp_path, udata):
     # Same report (the split settings line may list its keys in another order once reloaded).
     report = [line for line in result.output.splitlines() if not line.strip().startswith("split ")]
     assert [line for line in again.output.splitlines() if not line.strip().startswith("split ")] == report
+
+
+def test_report_counts_splits_and_drops(tmp_path):
+    udata = tmp_path / "u.data"
+    udata.write_text(UDATA.replace("\n", "\n\n", 1))  # a blank line after the first rating
+    result = invoke("prepare", "ml-100k", "--path", str(udata), "--out", str(tmp_path / "p"), "--max-len", "2")
+    assert result.exit_code == 0, result.output
+    # {what the row names: its last cell}
+    rows = {line.rsplit(maxsplit=1)[0].strip(): line.split()[-1] for line in result.output.splitlines() if line.strip()}
+    assert rows["kept events"] == "6" and rows["max_len"] == "2"
+    assert rows[DROP_TRUNCATED] == "4"  # users with 4, 3 and 3 ratings keep 2 each
+    assert rows["blank line"] == "1"
+    lines = {line.split()[0]: line.split()[1:] for line in result.output.splitlines() if line.split()}
+    assert lines["train"][0] == "6" and lines["test"][0] == "0"
 
 
 def test_prepare_passes_split_truncation_and_tasks(tmp_path, udata):

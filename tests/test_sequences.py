@@ -23,10 +23,9 @@ from causalgr.data.sequences import (
     DROP_TRUNCATED,
     PrepareSettings,
     build_sequences,
-    compute_stats,
-    format_stats,
     prepare,
 )
+from causalgr.data.stats import compute_stats
 
 TASKS = ("like", "share")
 
@@ -252,15 +251,6 @@ def test_stats_empty_split_is_null():
     data, _, _ = build_sequences(make_events([(1, 1, 0, 1, 0)]), PrepareSettings())
     assert data.meta["stats"]["positive_rate"]["test"] == {"like": None, "share": None}
     json.dumps(data.meta["stats"], allow_nan=False)
-
-
-def test_format_stats_reports_counts_and_drops():
-    rows = [(1, i, i, i % 2, 0) for i in range(6)] + [(2, 1, 0, 1, 1)]
-    data, _, _ = build_sequences(make_events(rows, dropped={"label not 0/1": 4}), PrepareSettings(max_len=4))
-    text = format_stats(data.meta)
-    for needle in ["users", "events", "like", "share", "train", "test", DROP_TRUNCATED, "label not 0/1"]:
-        assert needle in text
-    assert "5" in text and "2" in text and "4" in text
 
 
 def test_prepare_reuses_cache_and_rebuilds_on_new_settings(tmp_path, monkeypatch, caplog):

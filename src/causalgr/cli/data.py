@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import io
 from enum import Enum
 from pathlib import Path
 from typing import Any, List, Optional
@@ -10,11 +11,14 @@ from typing import Any, List, Optional
 import pydantic
 import typer
 from pydantic.fields import FieldInfo
+from rich import box
+from rich.console import Console
+from rich.table import Table
 
 from causalgr.data.errors import DataError
 from causalgr.data.fetch import fetch_ml100k
-from causalgr.data.prepared import load_prepared
-from causalgr.data.sequences import PrepareSettings, format_stats, prepare
+from causalgr.data.prepared import SPLITS, load_prepared
+from causalgr.data.sequences import PrepareSettings, prepare
 from causalgr.data.sources import KUAIRAND_TASKS, SOURCES, load_source
 from causalgr.data.synth import SynthSettings, generate
 from causalgr.errors import ConfigError, format_validation_error
@@ -154,3 +158,66 @@ synth_command.__signature__ = inspect.Signature(
     ]
 )
 app.command("synth")(synth_command)
+
+
+def format_stats(meta: dict) -> str:
+    """A plain-text report of a prepared dataset's `meta` (counts, splits, rates, drops)."""
+    stats = meta.get("stats", {})
+    tasks = list(meta.get("tasks", []))
+    split_names = list(SPLITS)
+
+    def num(value, digits: int = 4) -> str:
+        if value is None:
+            return "-"
+        return f"{value:,}" if isinstance(value, int) else f"{value:.{digits}f}"
+
+    overview = Table(title=f"prepared dataset: {meta.get('source', '?')}", box=box.SIMPLE, show_header=False)
+    overview.add_column("what")
+    overview.add_column("value", justify="right")
+    source = stats.get("source", {})
+    for key in ("events", "users", "items"):
+        overview.add_row(f"source {key}", num(source.get(key)))
+    for key in ("events", "users", "items"):
+        overview.add_row(f"kept {key}", num(stats.get(key)))
+    overview.add_row("max_len", num(meta.get("max_len")))
+    split = meta.get("split", {})
+    overview.add_row("split", ", ".join(f"{k}={v}" for k, v in split.items()))
+    if "length" in stats:
+        ln = stats["length"]
+        overview.add_row(
+            "sequence length",
+            f"min {ln['min']}, p50 {ln['p50']}, p90 {ln['p90']}, p99 {ln['p99']}, max {ln['max']}, mean {ln['mean']:.1f}",
+        )
+
+    per_split = Table(title="per split (positive rate per task)", box=box.SIMPLE)
+    per_split.add_column("split")
+    per_split.add_column("events", justify="right")
+    for task in tasks:
+        per_split.add_column(task, justify="right")
+    floor = stats.get("bayes_floor_loss")
+    if floor:
+        per_split.add_column("bayes floor loss", justify="right")
+    split_events = stats.get("split_events", {})
+    rates = stats.get("positive_rate", {})
+    for key in ["all", *split_names]:
+        events = stats.get("events") if key == "all" else split_events.get(key)
+        row = [key, num(events)] + [num(rates.get(key, {}).get(task)) for task in tasks]
+        if floor:
+            row.append(num(floor.get(key, {}).get("loss")))
+        per_split.add_row(*row)
+
+    drops = Table(title="dropped rows", box=box.SIMPLE)
+    drops.add_column("reason")
+    drops.add_column("rows", justify="right")
+    dropped = meta.get("dropped", {})
+    for reason, rows in sorted(dropped.items(), key=lambda kv: -kv[1]):
+        drops.add_row(reason, num(rows))
+    if not dropped:
+        drops.add_row("none", "0")
+    for reason, users in stats.get("dropped_users", {}).items():
+        drops.add_row(f"(users dropped: {reason})", num(users))
+
+    console = Console(file=io.StringIO(), width=110, color_system=None, force_terminal=False)
+    for table in (overview, per_split, drops):
+        console.print(table)
+    return console.file.getvalue()

@@ -11,7 +11,7 @@ and everything that trains or evaluates. A prepared dataset is a folder:
 - `meta.json`: `format_version`, `source`, `tasks`, `num_users`, `num_items`,
   `num_action_values` (largest action value + 1, or 0 without action values), `max_len`,
   `split` (the split settings), `source_sha256`, `cache_key`, `dropped` ({reason: rows}),
-  `stats` (see `causalgr.data.sequences.compute_stats`).
+  `stats` (see `causalgr.data.stats.compute_stats`).
 - `item_ids.parquet` (`item`, `item_id`) and `user_ids.parquet` (`user`, `user_id`): dense id
   to original id, so every prediction can be traced back to the source.
 """
