@@ -88,8 +88,23 @@ def test_prepare_passes_split_truncation_and_tasks(tmp_path, udata):
     assert meta["tasks"] == ["good"]
     assert meta["max_len"] == 2
     assert meta["split"] == {"kind": "time", "valid_start": 200, "test_start": 300}
-    assert meta["source"] == "ml-100k (tasks good=rating>=3)"
+    assert meta["source"] == "ml-100k"
+    assert meta["task_definitions"] == {"good": "rating>=3"}
     assert sum(meta["dropped"].values()) > 0  # truncation to 2 events per user
+    assert "good=rating>=3" in result.output
+
+
+def test_a_new_task_threshold_is_a_new_dataset(tmp_path, udata):
+    out = tmp_path / "p"
+    args = ["prepare", "ml-100k", "--path", str(udata), "--out", str(out)]
+    assert invoke(*args, "--task", "good=rating>=3").exit_code == 0
+    first = json.loads((out / "meta.json").read_text())
+    result = invoke(*args, "--task", "good=rating>=4")
+    assert result.exit_code == 0, result.output
+    second = json.loads((out / "meta.json").read_text())
+    assert second["task_definitions"] == {"good": "rating>=4"}
+    assert second["cache_key"] != first["cache_key"]
+    assert second["stats"]["positive_rate"]["all"]["good"] == 0.5  # 5 of 10 ratings are >= 4 (7 are >= 3)
 
 
 def test_prepare_table_with_column_mapping(tmp_path):
@@ -103,6 +118,8 @@ def test_prepare_table_with_column_mapping(tmp_path):
     assert result.exit_code == 0, result.output
     meta = json.loads((out / "meta.json").read_text())
     assert meta["tasks"] == ["click", "like"]
+    assert meta["task_definitions"] == {"click": "click", "like": "stars>=4"}
+    assert meta["read_options"] == {"user_col": "uid", "item_col": "vid", "time_col": "ts", "action_value_col": "stars"}
     assert meta["num_action_values"] == 6
     assert (meta["num_users"], meta["num_items"]) == (2, 2)
 

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from causalgr.data import sequences
+from causalgr.data.cache import cache_key, load_cached
 from causalgr.data.errors import DataError
 from causalgr.data.events import EventTable
 from causalgr.data.prepared import SPLITS, load_prepared
@@ -209,7 +210,7 @@ def test_meta_keys_action_values_and_probs():
     assert data.meta["num_action_values"] == 3
     assert data.true_probs.shape == (2, 2) and data.true_probs.dtype == np.float64
     assert data.meta["dropped"] == {"x": 1, DROP_TRUNCATED: 3}, "the loader's drops are merged with ours"
-    for key in ["format_version", "source", "tasks", "num_users", "num_items", "num_action_values",
+    for key in ["format_version", "source", "tasks", "task_definitions", "read_options", "num_users", "num_items", "num_action_values",
                 "max_len", "split", "source_sha256", "cache_key", "dropped", "stats"]:
         assert key in data.meta
     no_values, _, _ = build_sequences(make_events(rows), PrepareSettings())
@@ -274,6 +275,28 @@ def test_prepare_reuses_cache_and_rebuilds_on_new_settings(tmp_path, monkeypatch
     assert load_prepared(tmp_path).meta["max_len"] == 1
     prepare(make_events([(1, 1, 0, 1, 0)], sha="other"), tmp_path, PrepareSettings(max_len=1))
     assert len(calls) == 3, "new source checksum rebuilds"
+
+
+def test_task_definitions_and_read_options_are_recorded_and_key_the_cache(tmp_path):
+    rows = [(1, 1, 0, 1, 0), (1, 2, 1, 0, 1), (2, 1, 2, 1, 1)]
+    events = make_events(rows)
+    events.task_definitions = {"like": "rating>=4", "share": "shared"}
+    events.read_options = {"user_col": "uid"}
+    settings = PrepareSettings()
+    prepare(events, tmp_path, settings)
+    meta = json.loads((tmp_path / "meta.json").read_text())
+    assert meta["task_definitions"] == {"like": "rating>=4", "share": "shared"}
+    assert meta["read_options"] == {"user_col": "uid"}
+    assert meta["cache_key"] == cache_key(events, settings)
+
+    lower = make_events(rows)  # the same file and tasks, another threshold
+    lower.task_definitions, lower.read_options = {"like": "rating>=3", "share": "shared"}, events.read_options
+    assert cache_key(lower, settings) != cache_key(events, settings)
+    assert load_cached(tmp_path, cache_key(lower, settings)) is None  # not reused …
+    assert not (tmp_path / "meta.json").exists()  # … and no longer claims the old key
+    remapped = make_events(rows)
+    remapped.task_definitions, remapped.read_options = events.task_definitions, {"user_col": "user"}
+    assert cache_key(remapped, settings) != cache_key(events, settings)
 
 
 def test_save_load_round_trip(tmp_path):

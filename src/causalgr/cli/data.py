@@ -179,6 +179,10 @@ def format_stats(meta: dict) -> str:
         overview.add_row(f"source {key}", num(source.get(key)))
     for key in ("events", "users", "items"):
         overview.add_row(f"kept {key}", num(stats.get(key)))
+    definitions = meta.get("task_definitions") or {}
+    overview.add_row("tasks", ", ".join(f"{t}={definitions[t]}" if t in definitions else t for t in tasks))
+    if meta.get("read_options"):
+        overview.add_row("read with", ", ".join(f"{k}={v}" for k, v in meta["read_options"].items()))
     overview.add_row("max_len", num(meta.get("max_len")))
     split = meta.get("split", {})
     overview.add_row("split", ", ".join(f"{k}={v}" for k, v in split.items()))

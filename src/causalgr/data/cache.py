@@ -21,12 +21,15 @@ log = logging.getLogger(__name__)
 
 
 def cache_key(events: EventTable, settings: PrepareSettings) -> str:
-    """The key a prepared folder is reused under: source checksum + tasks + settings + format."""
+    """The key a prepared folder is reused under: what was read (source, checksum, tasks, task
+    definitions, read options), the preparation settings and the format version."""
     payload = json.dumps(
         {
             "source_sha256": events.sha256,
             "source": events.source,
             "tasks": list(events.tasks),
+            "task_definitions": events.task_definitions,
+            "read_options": events.read_options,
             "settings": settings.model_dump(mode="json"),
             "format_version": FORMAT_VERSION,
         },

@@ -183,6 +183,8 @@ def build_sequences(
             "format_version": FORMAT_VERSION,
             "source": events.source,
             "tasks": list(tasks),
+            "task_definitions": dict(events.task_definitions),
+            "read_options": dict(events.read_options),
             "num_users": len(user_ids),
             "num_items": len(item_ids),
             "num_action_values": int(action_values.max()) + 1 if action_values is not None else 0,

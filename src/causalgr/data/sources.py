@@ -21,6 +21,9 @@ MovieLens defaults to `like=rating>=4`, `love=rating==5`, `dislike=rating<=2` an
 `action_value` = rating; on `ml-20m` ratings are half stars (0.5–5.0), so `action_value` =
 2 × rating (1–10) while the task thresholds stay on the star scale. KuaiRand defaults to its
 eight 0/1 columns (`KUAIRAND_TASKS`) and `timestamp = time_ms // 1000`; it has no action value.
+The event table records each task's definition (`task_definitions`, e.g. `{"like": "rating>=4"}`)
+and the options it was read with beyond the defaults (`read_options`: column mapping,
+`time_format`, `include_random`).
 
 Timestamps are integer seconds. `recbole:`/`table:` sources may also hold fractional seconds
 (floored) or date-time strings (format inferred, or `time_format`, strftime style), read as
@@ -111,8 +114,13 @@ class TaskSpec:
         threshold = float(match["threshold"]) if match["threshold"] is not None else None
         return cls(name=name, column=column, op=match["op"], threshold=threshold)
 
+    @property
+    def definition(self) -> str:
+        """How the label is read: `rating>=4`, or `is_click` for a 0/1 column."""
+        return self.column + (f"{self.op}{self.threshold:g}" if self.op else "")
+
     def __str__(self) -> str:
-        return f"{self.name}={self.column}" + (f"{self.op}{self.threshold:g}" if self.op else "")
+        return f"{self.name}={self.definition}"
 
 
 @dataclass(frozen=True)
@@ -237,20 +245,8 @@ def load_source(
     if path is None:
         path = entry.fetch()
     files = entry.find(Path(path), include_random)
-    raws = [entry.read(file, layout) for file in files]
-    details = [f"{option} {value}" for option, value in given.items()] + (["with log_random"] if include_random else [])
-    return _finish(raws, layout, _describe(source, layout if tasks or entry.mapped else None, details), files)
-
-
-def _describe(source: str, layout: _Layout | None, details: list[str]) -> str:
-    """`source`, plus the tasks (when not the defaults) and options it was read with.
-
-    This is the `EventTable.source`, so it lands in `meta.json` and in the preparation cache
-    key: the same file read with other tasks or columns is another dataset.
-    """
-    if layout is not None:
-        details = ["tasks " + ", ".join(str(t) for t in layout.tasks), *details]
-    return f"{source} ({'; '.join(details)})" if details else source
+    read_options = {**given, **({"include_random": True} if include_random else {})}
+    return _finish([entry.read(file, layout) for file in files], layout, source, files, read_options)
 
 
 def _task_specs(tasks: Sequence[str] | None, default: Sequence[str] | None, source: str) -> tuple[TaskSpec, ...]:
@@ -528,7 +524,9 @@ SOURCES = tuple(f"{name}:<path>" if entry.mapped else name for name, entry in _S
 # Raw columns → canonical columns
 
 
-def _finish(raws: list[_Raw], layout: _Layout, source: str, files: Sequence[Path]) -> EventTable:
+def _finish(
+    raws: list[_Raw], layout: _Layout, source: str, files: Sequence[Path], read_options: dict[str, str | bool]
+) -> EventTable:
     dropped: Counter[str] = Counter()
     frames = [_events(raw, layout, dropped) for raw in raws]
     frame = pl.concat(frames, how="vertical") if len(frames) > 1 else frames[0]
@@ -546,6 +544,8 @@ def _finish(raws: list[_Raw], layout: _Layout, source: str, files: Sequence[Path
         source=source,
         sha256=_sha256(files),
         dropped=dict(dropped),
+        task_definitions={t.name: t.definition for t in layout.tasks},
+        read_options=read_options,
     )
 
 
