@@ -210,7 +210,8 @@ def test_meta_keys_action_values_and_probs():
     assert data.meta["num_action_values"] == 3
     assert data.true_probs.shape == (2, 2) and data.true_probs.dtype == np.float64
     assert data.meta["dropped"] == {"x": 1, DROP_TRUNCATED: 3}, "the loader's drops are merged with ours"
-    for key in ["format_version", "source", "tasks", "task_definitions", "read_options", "num_users", "num_items", "num_action_values",
+    for key in ["format_version", "source", "tasks", "task_definitions", "read_options", "num_users", "num_items",
+                "num_action_values",
                 "max_len", "split", "source_sha256", "cache_key", "dropped", "stats"]:
         assert key in data.meta
     no_values, _, _ = build_sequences(make_events(rows), PrepareSettings())

@@ -211,7 +211,9 @@ def test_csv_table_with_mapping_datetimes_and_action_value(tmp_path):
     assert frame["user_id"].to_list() == ["a", "b"]
     assert events.source == f"table:{path}"
     assert events.task_definitions == {"like": "stars>=4", "share": "shared"}
-    assert events.read_options == {"user_col": "uid", "item_col": "movie", "time_col": "when", "action_value_col": "stars"}
+    assert events.read_options == {
+        "user_col": "uid", "item_col": "movie", "time_col": "when", "action_value_col": "stars",
+    }  # fmt: skip
 
 
 def test_table_time_format_and_utc_offsets(tmp_path):

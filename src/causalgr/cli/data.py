@@ -139,7 +139,7 @@ def _synth_option(name: str, field: FieldInfo) -> inspect.Parameter:
         help_text = f"{field.description} (default {default})"
     kind = str if isinstance(field.default, tuple) else field.annotation
     option = typer.Option(None, f"--{name.replace('_', '-')}", help=help_text, show_default=False)
-    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=Optional[kind])
+    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=kind | None)
 
 
 # The signature typer reads: OUT and --max-len, then one option per generator setting, so a new

@@ -25,7 +25,7 @@ def compute_stats(data: PreparedData) -> dict:
     stats: dict = {
         "users": data.num_users,
         "items": data.num_items,
-        "events": int(len(data.items)),
+        "events": len(data.items),
         "split_events": {name: int(split_events[code]) for name, code in SPLITS.items()},
     }
     if len(lengths):
