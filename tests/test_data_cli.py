@@ -15,6 +15,8 @@ from causalgr.cli import app
 from causalgr.cli import data as data_cli
 from causalgr.data import fetch
 from causalgr.data.errors import DataError
+from causalgr.data.sequences import DROP_TRUNCATED
+from causalgr.errors import ConfigError
 
 runner = CliRunner()
 
@@ -61,6 +63,20 @@ def test_prepare_prints_stats_and_writes_the_dataset(tmp_path, udata):
     assert [line for line in again.output.splitlines() if not line.strip().startswith("split ")] == report
 
 
+def test_report_counts_splits_and_drops(tmp_path):
+    udata = tmp_path / "u.data"
+    udata.write_text(UDATA.replace("\n", "\n\n", 1))  # a blank line after the first rating
+    result = invoke("prepare", "ml-100k", "--path", str(udata), "--out", str(tmp_path / "p"), "--max-len", "2")
+    assert result.exit_code == 0, result.output
+    # {what the row names: its last cell}
+    rows = {line.rsplit(maxsplit=1)[0].strip(): line.split()[-1] for line in result.output.splitlines() if line.strip()}
+    assert rows["kept events"] == "6" and rows["max_len"] == "2"
+    assert rows[DROP_TRUNCATED] == "4"  # users with 4, 3 and 3 ratings keep 2 each
+    assert rows["blank line"] == "1"
+    lines = {line.split()[0]: line.split()[1:] for line in result.output.splitlines() if line.split()}
+    assert lines["train"][0] == "6" and lines["test"][0] == "0"
+
+
 def test_prepare_passes_split_truncation_and_tasks(tmp_path, udata):
     out = tmp_path / "p"
     result = invoke(
@@ -72,8 +88,23 @@ def test_prepare_passes_split_truncation_and_tasks(tmp_path, udata):
     assert meta["tasks"] == ["good"]
     assert meta["max_len"] == 2
     assert meta["split"] == {"kind": "time", "valid_start": 200, "test_start": 300}
-    assert meta["source"] == "ml-100k (tasks good=rating>=3)"
+    assert meta["source"] == "ml-100k"
+    assert meta["task_definitions"] == {"good": "rating>=3"}
     assert sum(meta["dropped"].values()) > 0  # truncation to 2 events per user
+    assert "good=rating>=3" in result.output
+
+
+def test_a_new_task_threshold_is_a_new_dataset(tmp_path, udata):
+    out = tmp_path / "p"
+    args = ["prepare", "ml-100k", "--path", str(udata), "--out", str(out)]
+    assert invoke(*args, "--task", "good=rating>=3").exit_code == 0
+    first = json.loads((out / "meta.json").read_text())
+    result = invoke(*args, "--task", "good=rating>=4")
+    assert result.exit_code == 0, result.output
+    second = json.loads((out / "meta.json").read_text())
+    assert second["task_definitions"] == {"good": "rating>=4"}
+    assert second["cache_key"] != first["cache_key"]
+    assert second["stats"]["positive_rate"]["all"]["good"] == 0.5  # 5 of 10 ratings are >= 4 (7 are >= 3)
 
 
 def test_prepare_table_with_column_mapping(tmp_path):
@@ -87,6 +118,8 @@ def test_prepare_table_with_column_mapping(tmp_path):
     assert result.exit_code == 0, result.output
     meta = json.loads((out / "meta.json").read_text())
     assert meta["tasks"] == ["click", "like"]
+    assert meta["task_definitions"] == {"click": "click", "like": "stars>=4"}
+    assert meta["read_options"] == {"user_col": "uid", "item_col": "vid", "time_col": "ts", "action_value_col": "stars"}
     assert meta["num_action_values"] == 6
     assert (meta["num_users"], meta["num_items"]) == (2, 2)
 
@@ -108,12 +141,12 @@ def test_fetch_prints_the_path(monkeypatch, tmp_path):
     assert "only ml-100k is downloadable" in str(result.exception)
 
 
-def test_bad_settings_are_usage_errors(tmp_path, udata):
+def test_bad_settings_are_config_errors(tmp_path, udata):
     result = invoke("prepare", "ml-100k", "--path", str(udata), "--out", str(tmp_path / "p"), "--split", "random")
     assert result.exit_code == 2
     result = invoke("prepare", "ml-100k", "--path", str(udata), "--out", str(tmp_path / "p"), "--valid-frac", "0.6", "--test-frac", "0.5")
-    assert result.exit_code == 2
-    assert "valid_frac + test_frac must be < 1" in result.output
+    assert isinstance(result.exception, ConfigError)
+    assert str(result.exception).startswith("data prepare: settings: valid_frac + test_frac must be < 1")
     assert not (tmp_path / "p").exists()
 
 

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from causalgr.data import sequences
+from causalgr.data.cache import cache_key, load_cached
 from causalgr.data.errors import DataError
 from causalgr.data.events import EventTable
 from causalgr.data.prepared import SPLITS, load_prepared
@@ -23,10 +24,9 @@ from causalgr.data.sequences import (
     DROP_TRUNCATED,
     PrepareSettings,
     build_sequences,
-    compute_stats,
-    format_stats,
     prepare,
 )
+from causalgr.data.stats import compute_stats
 
 TASKS = ("like", "share")
 
@@ -210,7 +210,8 @@ def test_meta_keys_action_values_and_probs():
     assert data.meta["num_action_values"] == 3
     assert data.true_probs.shape == (2, 2) and data.true_probs.dtype == np.float64
     assert data.meta["dropped"] == {"x": 1, DROP_TRUNCATED: 3}, "the loader's drops are merged with ours"
-    for key in ["format_version", "source", "tasks", "num_users", "num_items", "num_action_values",
+    for key in ["format_version", "source", "tasks", "task_definitions", "read_options", "num_users", "num_items",
+                "num_action_values",
                 "max_len", "split", "source_sha256", "cache_key", "dropped", "stats"]:
         assert key in data.meta
     no_values, _, _ = build_sequences(make_events(rows), PrepareSettings())
@@ -254,15 +255,6 @@ def test_stats_empty_split_is_null():
     json.dumps(data.meta["stats"], allow_nan=False)
 
 
-def test_format_stats_reports_counts_and_drops():
-    rows = [(1, i, i, i % 2, 0) for i in range(6)] + [(2, 1, 0, 1, 1)]
-    data, _, _ = build_sequences(make_events(rows, dropped={"label not 0/1": 4}), PrepareSettings(max_len=4))
-    text = format_stats(data.meta)
-    for needle in ["users", "events", "like", "share", "train", "test", DROP_TRUNCATED, "label not 0/1"]:
-        assert needle in text
-    assert "5" in text and "2" in text and "4" in text
-
-
 def test_prepare_reuses_cache_and_rebuilds_on_new_settings(tmp_path, monkeypatch, caplog):
     events = make_events([(1, 1, 0, 1, 0), (1, 2, 1, 0, 1), (2, 1, 2, 1, 1)])
     calls = []
@@ -284,6 +276,28 @@ def test_prepare_reuses_cache_and_rebuilds_on_new_settings(tmp_path, monkeypatch
     assert load_prepared(tmp_path).meta["max_len"] == 1
     prepare(make_events([(1, 1, 0, 1, 0)], sha="other"), tmp_path, PrepareSettings(max_len=1))
     assert len(calls) == 3, "new source checksum rebuilds"
+
+
+def test_task_definitions_and_read_options_are_recorded_and_key_the_cache(tmp_path):
+    rows = [(1, 1, 0, 1, 0), (1, 2, 1, 0, 1), (2, 1, 2, 1, 1)]
+    events = make_events(rows)
+    events.task_definitions = {"like": "rating>=4", "share": "shared"}
+    events.read_options = {"user_col": "uid"}
+    settings = PrepareSettings()
+    prepare(events, tmp_path, settings)
+    meta = json.loads((tmp_path / "meta.json").read_text())
+    assert meta["task_definitions"] == {"like": "rating>=4", "share": "shared"}
+    assert meta["read_options"] == {"user_col": "uid"}
+    assert meta["cache_key"] == cache_key(events, settings)
+
+    lower = make_events(rows)  # the same file and tasks, another threshold
+    lower.task_definitions, lower.read_options = {"like": "rating>=3", "share": "shared"}, events.read_options
+    assert cache_key(lower, settings) != cache_key(events, settings)
+    assert load_cached(tmp_path, cache_key(lower, settings)) is None  # not reused …
+    assert not (tmp_path / "meta.json").exists()  # … and no longer claims the old key
+    remapped = make_events(rows)
+    remapped.task_definitions, remapped.read_options = events.task_definitions, {"user_col": "user"}
+    assert cache_key(remapped, settings) != cache_key(events, settings)
 
 
 def test_save_load_round_trip(tmp_path):

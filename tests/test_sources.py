@@ -54,6 +54,8 @@ def test_ml100k_udata_maps_ratings_to_tasks_and_keeps_row_order(tmp_path):
     frame = events.frame
     assert events.tasks == ("like", "love", "dislike")
     assert events.source == "ml-100k"
+    assert events.task_definitions == {"like": "rating>=4", "love": "rating==5", "dislike": "rating<=2"}
+    assert events.read_options == {}
     assert events.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
     assert events.dropped == {}
     assert frame.schema == pl.Schema(
@@ -101,8 +103,9 @@ def test_movielens_tasks_can_be_redefined_and_that_shows_in_the_source(tmp_path)
     assert events.tasks == ("good", "bad")
     assert events.frame["good"].to_list() == [1, 1, 0, 1]
     assert events.frame["bad"].to_list() == [0, 0, 1, 0]
-    # The reading recipe is part of the source name, so preparation caches never mix recipes.
-    assert events.source == "ml-100k (tasks good=rating>=3, bad=rating<2)"
+    # The definitions are recorded (and key the preparation cache, so caches never mix them).
+    assert events.source == "ml-100k"
+    assert events.task_definitions == {"good": "rating>=3", "bad": "rating<2"}
 
 
 # --- KuaiRand -----------------------------------------------------------------------------------
@@ -149,7 +152,8 @@ def test_kuairand_random_logs_only_on_request(tmp_path):
     events = load_source("kuairand-1k", folder / "data", include_random=True)
     # Files in name order: log_random_* sorts before log_standard_*.
     assert events.frame["item_id"].to_list() == [99, 10, 11, 12]
-    assert events.source == "kuairand-1k (with log_random)"
+    assert events.source == "kuairand-1k"
+    assert events.read_options == {"include_random": True}
     all_files = sorted((folder / "data").glob("log_*.csv"))
     assert events.sha256 == hashlib.sha256(b"".join(f.read_bytes() for f in all_files)).hexdigest()
 
@@ -177,7 +181,8 @@ def test_recbole_inter_with_tokens_labels_and_thresholds(tmp_path):
     assert frame["timestamp"].to_list() == [100, 101]  # fractional seconds floored
     assert frame["click"].to_list() == [1, 0]
     assert frame["long"].to_list() == [1, 0]
-    assert events.source == f"recbole:{path} (tasks click=clicked, long=watch>=30)"
+    assert events.source == f"recbole:{path}"
+    assert events.task_definitions == {"click": "clicked", "long": "watch>=30"}
 
 
 def test_recbole_integer_tokens_become_int64_ids(tmp_path):
@@ -204,10 +209,11 @@ def test_csv_table_with_mapping_datetimes_and_action_value(tmp_path):
     assert frame["share"].to_list() == [0, 1]
     assert frame["action_value"].to_list() == [4, 2]
     assert frame["user_id"].to_list() == ["a", "b"]
-    assert events.source == (
-        f"table:{path} (tasks like=stars>=4, share=shared; user_col uid; item_col movie; time_col when; "
-        "action_value_col stars)"
-    )
+    assert events.source == f"table:{path}"
+    assert events.task_definitions == {"like": "stars>=4", "share": "shared"}
+    assert events.read_options == {
+        "user_col": "uid", "item_col": "movie", "time_col": "when", "action_value_col": "stars",
+    }  # fmt: skip
 
 
 def test_table_time_format_and_utc_offsets(tmp_path):
@@ -387,3 +393,4 @@ def test_task_specs_parse():
     assert TaskSpec.parse("long = play_time_ms > 1.5e4") == TaskSpec("long", "play_time_ms", ">", 15000.0)
     assert TaskSpec.parse("neg=score<-0.5") == TaskSpec("neg", "score", "<", -0.5)
     assert str(TaskSpec.parse("love=rating==5")) == "love=rating==5"
+    assert TaskSpec.parse("long = play_time_ms > 1.5e4").definition == "play_time_ms>15000"

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
+import subprocess
+import sys
 
 import numpy as np
 import polars as pl
 import pydantic
 import pytest
-import typer
 from typer.testing import CliRunner
 
-from causalgr.data.synth import SynthSettings, generate, make_world, reference_probabilities, synth_command
+from causalgr.cli import app
+from causalgr.data.synth import SynthSettings, generate, make_world, reference_probabilities
+from causalgr.errors import ConfigError
 
 SMALL = dict(users=60, items=80, clusters=6, latent_dim=8, events_mean=30, events_min=5, events_max=60)
 
@@ -155,36 +157,50 @@ def test_settings_parse_lists_counts_and_broadcast():
 
 
 def test_every_setting_has_a_cli_flag():
-    params = set(inspect.signature(synth_command).parameters)
-    assert set(SynthSettings.model_fields) <= params
-    assert {"out", "max_len"} <= params
-
-
-def _cli() -> typer.Typer:
-    app = typer.Typer()
-    app.callback()(lambda: None)
-    app.command("synth")(synth_command)
-    return app
+    result = CliRunner().invoke(app, ["data", "synth", "--help"], terminal_width=200)
+    assert result.exit_code == 0
+    for name in [*SynthSettings.model_fields, "out", "max_len"]:
+        assert f"--{name.replace('_', '-')} " in result.output, name
 
 
 def test_cli_generates_and_prepares(tmp_path):
     result = CliRunner().invoke(
-        _cli(),
-        ["synth", "--out", str(tmp_path / "syn"), "--users", "40", "--items", "50", "--clusters", "5",
+        app,
+        ["data", "synth", "--out", str(tmp_path / "syn"), "--users", "40", "--items", "50", "--clusters", "5",
          "--events-mean", "20", "--events-min", "5", "--events-max", "40", "--tasks", "click,like",
-         "--gamma", "1.0,2.0", "--seed", "2", "--max-len", "30"],
-    )
+         "--gamma", "1.0,2.0", "--latent-dim", "4", "--session-gap-median", "3600", "--seed", "2",
+         "--max-len", "30"],
+    )  # fmt: skip
     assert result.exit_code == 0, result.output
     meta = json.loads((tmp_path / "syn" / "meta.json").read_text())
     assert meta["tasks"] == ["click", "like"] and meta["max_len"] == 30
     assert meta["source"] == "synthetic"
+    # Every flag reached its setting: the data were generated from exactly these settings.
+    asked = SynthSettings(users=40, items=50, clusters=5, events_mean=20, events_min=5, events_max=40,
+                          tasks=("click", "like"), gamma=(1.0, 2.0), latent_dim=4, session_gap_median=3600, seed=2)
+    assert meta["source_sha256"] == asked.sha256()
     assert "users" in result.output and "40" in result.output
 
 
-def test_cli_rejects_bad_settings_without_traceback(tmp_path):
-    result = CliRunner().invoke(
-        _cli(), ["synth", "--out", str(tmp_path / "x"), "--tasks", "a,b", "--alpha", "1,2,3"]
+def test_cli_rejects_bad_settings_with_one_config_error(tmp_path):
+    synth = ["data", "synth", "--out", str(tmp_path / "x")]
+    result = CliRunner().invoke(app, [*synth, "--tasks", "a,b", "--alpha", "1,2,3"])
+    assert isinstance(result.exception, ConfigError)
+    assert str(result.exception) == "data synth: settings: alpha has 3 values for 2 tasks"
+    result = CliRunner().invoke(app, [*synth, "--gamma", "1,x"])
+    assert isinstance(result.exception, ConfigError)
+    assert str(result.exception).startswith("data synth: gamma.1: ")
+    assert not (tmp_path / "x").exists()
+
+
+def test_bad_settings_give_one_error_line_and_exit_code_2(tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-m", "causalgr.cli", "data", "synth", "--out", str(tmp_path / "x"), "--users", "0"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
-    assert result.exit_code == 2
-    assert "alpha has 3 values for 2 tasks" in result.output
-    assert "Traceback" not in result.output
+    assert done.returncode == 2
+    expected = "error: data synth: users: Input should be greater than or equal to 1 (got 0)"
+    assert done.stderr.strip().splitlines() == [expected]

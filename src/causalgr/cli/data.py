@@ -2,22 +2,28 @@
 
 from __future__ import annotations
 
+import inspect
+import io
 from enum import Enum
 from pathlib import Path
-from typing import List, Optional
+from typing import Any, List, Optional
 
 import pydantic
 import typer
+from pydantic.fields import FieldInfo
+from rich import box
+from rich.console import Console
+from rich.table import Table
 
 from causalgr.data.errors import DataError
 from causalgr.data.fetch import fetch_ml100k
-from causalgr.data.prepared import load_prepared
-from causalgr.data.sequences import PrepareSettings, format_stats, prepare
+from causalgr.data.prepared import SPLITS, load_prepared
+from causalgr.data.sequences import PrepareSettings, prepare
 from causalgr.data.sources import KUAIRAND_TASKS, SOURCES, load_source
-from causalgr.data.synth import synth_command
+from causalgr.data.synth import SynthSettings, generate
+from causalgr.errors import ConfigError, format_validation_error
 
 app = typer.Typer(no_args_is_help=True, add_completion=False)
-app.command("synth")(synth_command)
 
 _DEFAULTS = {name: field.default for name, field in PrepareSettings.model_fields.items()}
 
@@ -87,8 +93,7 @@ def prepare_command(
             test_start=test_start,
         )
     except pydantic.ValidationError as err:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in err.errors())
-        raise typer.BadParameter(problems) from None
+        raise ConfigError(format_validation_error(err, "data prepare")) from None
     events = load_source(
         source,
         path,
@@ -110,3 +115,113 @@ def stats(
 ) -> None:
     """Print the statistics of a prepared dataset."""
     typer.echo(format_stats(load_prepared(directory).meta))
+
+
+def synth_command(out: Path, max_len: int, **given: Any) -> None:
+    """Generate synthetic events with a planted causal chain and prepare them into OUT."""
+    try:
+        settings = SynthSettings(**{name: value for name, value in given.items() if value is not None})
+    except pydantic.ValidationError as err:
+        raise ConfigError(format_validation_error(err, "data synth")) from None
+    data = prepare(generate(settings), out, PrepareSettings(max_len=max_len))
+    typer.echo(format_stats(data.meta))
+
+
+def _synth_option(name: str, field: FieldInfo) -> inspect.Parameter:
+    """`--name` for one `SynthSettings` field; unset (None) leaves the field's default.
+
+    Per-task lists (tuple fields) arrive as text, "a,b,c", which `SynthSettings` splits.
+    """
+    if field.default == ():  # per-task values whose default the description gives
+        help_text = f"{field.description}; one value or one per task, comma-separated"
+    else:
+        default = ",".join(map(str, field.default)) if isinstance(field.default, tuple) else field.default
+        help_text = f"{field.description} (default {default})"
+    kind = str if isinstance(field.default, tuple) else field.annotation
+    option = typer.Option(None, f"--{name.replace('_', '-')}", help=help_text, show_default=False)
+    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=kind | None)
+
+
+# The signature typer reads: OUT and --max-len, then one option per generator setting, so a new
+# setting is one new field of `SynthSettings` and nothing else.
+synth_command.__signature__ = inspect.Signature(
+    [
+        inspect.Parameter(
+            "out", inspect.Parameter.KEYWORD_ONLY, annotation=Path,
+            default=typer.Option(..., "--out", help="folder for the prepared dataset"),
+        ),
+        inspect.Parameter(
+            "max_len", inspect.Parameter.KEYWORD_ONLY, annotation=int,
+            default=typer.Option(_DEFAULTS["max_len"], "--max-len", help="keep each user's most recent events"),
+        ),
+        *(_synth_option(name, field) for name, field in SynthSettings.model_fields.items()),
+    ]
+)
+app.command("synth")(synth_command)
+
+
+def format_stats(meta: dict) -> str:
+    """A plain-text report of a prepared dataset's `meta` (counts, splits, rates, drops)."""
+    stats = meta.get("stats", {})
+    tasks = list(meta.get("tasks", []))
+    split_names = list(SPLITS)
+
+    def num(value, digits: int = 4) -> str:
+        if value is None:
+            return "-"
+        return f"{value:,}" if isinstance(value, int) else f"{value:.{digits}f}"
+
+    overview = Table(title=f"prepared dataset: {meta.get('source', '?')}", box=box.SIMPLE, show_header=False)
+    overview.add_column("what")
+    overview.add_column("value", justify="right")
+    source = stats.get("source", {})
+    for key in ("events", "users", "items"):
+        overview.add_row(f"source {key}", num(source.get(key)))
+    for key in ("events", "users", "items"):
+        overview.add_row(f"kept {key}", num(stats.get(key)))
+    definitions = meta.get("task_definitions") or {}
+    overview.add_row("tasks", ", ".join(f"{t}={definitions[t]}" if t in definitions else t for t in tasks))
+    if meta.get("read_options"):
+        overview.add_row("read with", ", ".join(f"{k}={v}" for k, v in meta["read_options"].items()))
+    overview.add_row("max_len", num(meta.get("max_len")))
+    split = meta.get("split", {})
+    overview.add_row("split", ", ".join(f"{k}={v}" for k, v in split.items()))
+    if "length" in stats:
+        ln = stats["length"]
+        overview.add_row(
+            "sequence length",
+            f"min {ln['min']}, p50 {ln['p50']}, p90 {ln['p90']}, p99 {ln['p99']}, max {ln['max']}, mean {ln['mean']:.1f}",
+        )
+
+    per_split = Table(title="per split (positive rate per task)", box=box.SIMPLE)
+    per_split.add_column("split")
+    per_split.add_column("events", justify="right")
+    for task in tasks:
+        per_split.add_column(task, justify="right")
+    floor = stats.get("bayes_floor_loss")
+    if floor:
+        per_split.add_column("bayes floor loss", justify="right")
+    split_events = stats.get("split_events", {})
+    rates = stats.get("positive_rate", {})
+    for key in ["all", *split_names]:
+        events = stats.get("events") if key == "all" else split_events.get(key)
+        row = [key, num(events)] + [num(rates.get(key, {}).get(task)) for task in tasks]
+        if floor:
+            row.append(num(floor.get(key, {}).get("loss")))
+        per_split.add_row(*row)
+
+    drops = Table(title="dropped rows", box=box.SIMPLE)
+    drops.add_column("reason")
+    drops.add_column("rows", justify="right")
+    dropped = meta.get("dropped", {})
+    for reason, rows in sorted(dropped.items(), key=lambda kv: -kv[1]):
+        drops.add_row(reason, num(rows))
+    if not dropped:
+        drops.add_row("none", "0")
+    for reason, users in stats.get("dropped_users", {}).items():
+        drops.add_row(f"(users dropped: {reason})", num(users))
+
+    console = Console(file=io.StringIO(), width=110, color_system=None, force_terminal=False)
+    for table in (overview, per_split, drops):
+        console.print(table)
+    return console.file.getvalue()

@@ -15,6 +15,9 @@ class EventTable:
     sources), `timestamp` (int64 seconds), one
     uint8 0/1 column per task named as the task, optional `action_value` (int16, e.g. a 1–5
     rating), and on synthetic data `prob_<task>` (float64, the true probability of the label).
+
+    The same file read with other task definitions or read options is another dataset: both
+    are part of the prepared data's cache key and `meta.json`.
     """
 
     frame: pl.DataFrame
@@ -22,3 +25,9 @@ class EventTable:
     source: str  # e.g. "ml-100k", "recbole:path/x.inter", "synthetic"
     sha256: str  # checksum of the source file(s), or of the generator settings
     dropped: dict[str, int] = field(default_factory=dict)  # rows dropped while loading, by reason
+    # How each task's label was read from the source: {"like": "rating>=4", "click": "is_click"};
+    # empty when the task columns are the labels as given (synthetic data).
+    task_definitions: dict[str, str] = field(default_factory=dict)
+    # The options the source was read with beyond its defaults: the column mapping of
+    # recbole:/table: sources (`user_col`, `time_format`, …) and `include_random`.
+    read_options: dict[str, str | bool] = field(default_factory=dict)

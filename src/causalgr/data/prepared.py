@@ -8,10 +8,12 @@ and everything that trains or evaluates. A prepared dataset is a folder:
   seconds), `label_<task>` (uint8 0/1) per task, `action_value` (int16, only when the source
   has one; 0 = none), `split` (int8: 0 train, 1 valid, 2 test), `prob_<task>` (float64, the true
   label probability, synthetic data only).
-- `meta.json`: `format_version`, `source`, `tasks`, `num_users`, `num_items`,
+- `meta.json`: `format_version`, `source`, `tasks`, `task_definitions` ({task: how its label
+  was read, e.g. "rating>=4"}), `read_options` (column mapping and other reading options
+  beyond the source's defaults), `num_users`, `num_items`,
   `num_action_values` (largest action value + 1, or 0 without action values), `max_len`,
   `split` (the split settings), `source_sha256`, `cache_key`, `dropped` ({reason: rows}),
-  `stats` (see `causalgr.data.sequences.compute_stats`).
+  `stats` (see `causalgr.data.stats.compute_stats`).
 - `item_ids.parquet` (`item`, `item_id`) and `user_ids.parquet` (`user`, `user_id`): dense id
   to original id, so every prediction can be traced back to the source.
 """

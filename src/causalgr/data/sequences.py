@@ -1,6 +1,8 @@
-"""Event table → prepared per-user sequences: sort, remap, truncate, split, cache (DESIGN.md §3).
+"""Event table → prepared per-user sequences: sort, truncate, split, remap (DESIGN.md §3).
 
-The steps, in order:
+`prepare` is the entry point: it reuses a folder prepared under the same cache key
+(`causalgr.data.cache`), or builds the sequences with `build_sequences` and saves them. The
+steps of `build_sequences`, in order:
 
 1. check the table (required columns, integer timestamps, no nulls, labels in {0, 1});
 2. sort each user's events by (timestamp, original row order), so ties keep the source order;
@@ -16,9 +18,6 @@ Everything is vectorised (polars sort, numpy gathers); no Python loop touches us
 
 from __future__ import annotations
 
-import hashlib
-import io
-import json
 import logging
 import time
 from pathlib import Path
@@ -28,9 +27,11 @@ import numpy as np
 import polars as pl
 from pydantic import BaseModel, Field, model_validator
 
+from causalgr.data.cache import cache_key, load_cached
 from causalgr.data.errors import DataError
 from causalgr.data.events import EventTable
-from causalgr.data.prepared import FORMAT_VERSION, SPLITS, PreparedData, load_prepared, save_prepared
+from causalgr.data.prepared import FORMAT_VERSION, SPLITS, PreparedData, save_prepared
+from causalgr.data.stats import compute_stats
 
 log = logging.getLogger(__name__)
 
@@ -64,43 +65,16 @@ class PrepareSettings(BaseModel, extra="forbid"):
         return self
 
 
-def cache_key(events: EventTable, settings: PrepareSettings) -> str:
-    """The key a prepared folder is reused under: source checksum + tasks + settings + format."""
-    payload = json.dumps(
-        {
-            "source_sha256": events.sha256,
-            "source": events.source,
-            "tasks": list(events.tasks),
-            "settings": settings.model_dump(mode="json"),
-            "format_version": FORMAT_VERSION,
-        },
-        sort_keys=True,
-    )
-    return hashlib.sha256(payload.encode()).hexdigest()
-
-
 def prepare(events: EventTable, out: Path | str, settings: PrepareSettings | None = None) -> PreparedData:
     """Build and save the prepared dataset of `events` in `out`, or load it when `out` already
-    holds one made from the same source checksum and settings."""
+    holds one made under the same cache key (`causalgr.data.cache.cache_key`)."""
     settings = settings or PrepareSettings()
     out = Path(out)
     key = cache_key(events, settings)
-    meta_path = out / "meta.json"
-    if meta_path.is_file():
-        try:
-            cached_key = json.loads(meta_path.read_text()).get("cache_key")
-        except (json.JSONDecodeError, OSError, AttributeError):
-            cached_key = None
-        if cached_key == key:
-            try:
-                data = load_prepared(out)
-            except (DataError, OSError, pl.exceptions.PolarsError, KeyError) as err:
-                log.info("cached prepared data in %s is unreadable (%s); rebuilding", out, err)
-            else:
-                log.info("using cached prepared data in %s (cache key %s)", out, key[:12])
-                return data
-        # A stale meta.json must not survive a rebuild that is interrupted half-way.
-        meta_path.unlink()
+    cached = load_cached(out, key)
+    if cached is not None:
+        log.info("using cached prepared data in %s (cache key %s)", out, key[:12])
+        return cached
     start = time.perf_counter()
     data, item_ids, user_ids = build_sequences(events, settings)
     save_prepared(data, out, item_ids, user_ids)
@@ -118,6 +92,9 @@ def build_sequences(
 
     Returns `(data, item_ids, user_ids)`: `item_ids` (`item` int32 1..I, `item_id`) and
     `user_ids` (`user` int32 1..U, `user_id`) map dense ids back to the source's ids.
+    `data.meta["stats"]` holds `causalgr.data.stats.compute_stats`, plus `dropped_users`
+    ({reason: users}) and `source` (events, users and items of the source, before truncation
+    and splitting).
     """
     settings = settings or PrepareSettings()
     tasks = tuple(events.tasks)
@@ -206,6 +183,8 @@ def build_sequences(
             "format_version": FORMAT_VERSION,
             "source": events.source,
             "tasks": list(tasks),
+            "task_definitions": dict(events.task_definitions),
+            "read_options": dict(events.read_options),
             "num_users": len(user_ids),
             "num_items": len(item_ids),
             "num_action_values": int(action_values.max()) + 1 if action_values is not None else 0,
@@ -224,125 +203,6 @@ def build_sequences(
         "items": int(item_code.max()),
     }
     return data, item_ids, user_ids
-
-
-def compute_stats(data: PreparedData) -> dict:
-    """Summary numbers of a prepared dataset (stored as `meta["stats"]`).
-
-    Keys: `users`, `items`, `events`, `split_events` ({split: events}), `length` (min, p50, p90,
-    p99, max, mean of the per-user sequence length; quantiles are actual lengths, numpy's
-    "lower" method), `positive_rate` ({"all"|split: {task: rate}}, null for an empty split), and
-    on data with true probabilities `bayes_floor_loss` ({"all"|split: {"loss": mean over events
-    of the task-summed binary cross-entropy of the true probabilities, "tasks": {task: mean}}}).
-    `build_sequences` adds `dropped_users` ({reason: users}) and `source` (events, users and
-    items of the source, before truncation and splitting) beside these.
-    """
-    split_names = list(SPLITS)  # index = split code
-    split_events = np.bincount(data.split, minlength=len(SPLITS)).astype(np.int64)
-    lengths = data.lengths
-    stats: dict = {
-        "users": data.num_users,
-        "items": data.num_items,
-        "events": int(len(data.items)),
-        "split_events": {name: int(split_events[code]) for code, name in enumerate(split_names)},
-    }
-    if len(lengths):
-        q = np.quantile(lengths, [0.5, 0.9, 0.99], method="lower")
-        stats["length"] = {
-            "min": int(lengths.min()), "p50": int(q[0]), "p90": int(q[1]), "p99": int(q[2]),
-            "max": int(lengths.max()), "mean": float(lengths.mean()),
-        }
-
-    def per_split(sums: np.ndarray) -> dict:
-        out = {"all": float(sums.sum() / split_events.sum()) if split_events.sum() else None}
-        for code, name in enumerate(split_names):
-            out[name] = float(sums[code] / split_events[code]) if split_events[code] else None
-        return out
-
-    rates = {task: per_split(np.bincount(data.split, weights=data.labels[:, t], minlength=len(SPLITS)))
-             for t, task in enumerate(data.tasks)}
-    stats["positive_rate"] = {key: {task: rates[task][key] for task in data.tasks} for key in ["all", *split_names]}
-
-    if data.true_probs is not None:
-        task_loss = {}
-        for t, task in enumerate(data.tasks):
-            p = np.clip(data.true_probs[:, t], 1e-12, 1 - 1e-12)
-            bce = np.where(data.labels[:, t] == 1, -np.log(p), -np.log1p(-p))
-            task_loss[task] = per_split(np.bincount(data.split, weights=bce, minlength=len(SPLITS)))
-        floor = {}
-        for key in ["all", *split_names]:
-            per_task = {task: task_loss[task][key] for task in data.tasks}
-            total = None if any(v is None for v in per_task.values()) else float(sum(per_task.values()))
-            floor[key] = {"loss": total, "tasks": per_task}
-        stats["bayes_floor_loss"] = floor
-    return stats
-
-
-def format_stats(meta: dict) -> str:
-    """A plain-text report of a prepared dataset's `meta` (counts, splits, rates, drops)."""
-    from rich import box
-    from rich.console import Console
-    from rich.table import Table
-
-    stats = meta.get("stats", {})
-    tasks = list(meta.get("tasks", []))
-    split_names = list(SPLITS)
-
-    def num(value, digits: int = 4) -> str:
-        if value is None:
-            return "-"
-        return f"{value:,}" if isinstance(value, int) else f"{value:.{digits}f}"
-
-    overview = Table(title=f"prepared dataset: {meta.get('source', '?')}", box=box.SIMPLE, show_header=False)
-    overview.add_column("what")
-    overview.add_column("value", justify="right")
-    source = stats.get("source", {})
-    for key in ("events", "users", "items"):
-        overview.add_row(f"source {key}", num(source.get(key)))
-    for key in ("events", "users", "items"):
-        overview.add_row(f"kept {key}", num(stats.get(key)))
-    overview.add_row("max_len", num(meta.get("max_len")))
-    split = meta.get("split", {})
-    overview.add_row("split", ", ".join(f"{k}={v}" for k, v in split.items()))
-    if "length" in stats:
-        ln = stats["length"]
-        overview.add_row(
-            "sequence length",
-            f"min {ln['min']}, p50 {ln['p50']}, p90 {ln['p90']}, p99 {ln['p99']}, max {ln['max']}, mean {ln['mean']:.1f}",
-        )
-
-    per_split = Table(title="per split (positive rate per task)", box=box.SIMPLE)
-    per_split.add_column("split")
-    per_split.add_column("events", justify="right")
-    for task in tasks:
-        per_split.add_column(task, justify="right")
-    floor = stats.get("bayes_floor_loss")
-    if floor:
-        per_split.add_column("bayes floor loss", justify="right")
-    split_events = stats.get("split_events", {})
-    rates = stats.get("positive_rate", {})
-    for key in ["all", *split_names]:
-        events = stats.get("events") if key == "all" else split_events.get(key)
-        row = [key, num(events)] + [num(rates.get(key, {}).get(task)) for task in tasks]
-        if floor:
-            row.append(num(floor.get(key, {}).get("loss")))
-        per_split.add_row(*row)
-
-    drops = Table(title="dropped rows", box=box.SIMPLE)
-    drops.add_column("reason")
-    drops.add_column("rows", justify="right")
-    dropped = meta.get("dropped", {})
-    for reason, rows in sorted(dropped.items(), key=lambda kv: -kv[1]):
-        drops.add_row(reason, num(rows))
-    if not dropped:
-        drops.add_row("none", "0")
-    for reason, users in stats.get("dropped_users", {}).items():
-        drops.add_row(f"(users dropped: {reason})", num(users))
-
-    console = Console(file=io.StringIO(), width=110, color_system=None, force_terminal=False)
-    for table in (overview, per_split, drops):
-        console.print(table)
-    return console.file.getvalue()
 
 
 def _checked_frame(events: EventTable) -> pl.DataFrame:
@@ -426,9 +286,6 @@ def _count(counts: dict[str, int], reason: str, rows: int) -> None:
 __all__ = [
     "PrepareSettings",
     "build_sequences",
-    "cache_key",
-    "compute_stats",
-    "format_stats",
     "prepare",
     "DROP_TRUNCATED",
     "DROP_NO_TRAIN",

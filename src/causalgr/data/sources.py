@@ -21,6 +21,9 @@ MovieLens defaults to `like=rating>=4`, `love=rating==5`, `dislike=rating<=2` an
 `action_value` = rating; on `ml-20m` ratings are half stars (0.5–5.0), so `action_value` =
 2 × rating (1–10) while the task thresholds stay on the star scale. KuaiRand defaults to its
 eight 0/1 columns (`KUAIRAND_TASKS`) and `timestamp = time_ms // 1000`; it has no action value.
+The event table records each task's definition (`task_definitions`, e.g. `{"like": "rating>=4"}`)
+and the options it was read with beyond the defaults (`read_options`: column mapping,
+`time_format`, `include_random`).
 
 Timestamps are integer seconds. `recbole:`/`table:` sources may also hold fractional seconds
 (floored) or date-time strings (format inferred, or `time_format`, strftime style), read as
@@ -47,8 +50,9 @@ from __future__ import annotations
 import hashlib
 import re
 from collections import Counter
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 
 import polars as pl
@@ -68,10 +72,6 @@ KUAIRAND_TASKS = (
     "long_view",
     "is_profile_enter",
 )
-MOVIELENS_SOURCES = ("ml-100k", "ml-1m", "ml-20m")
-KUAIRAND_SOURCES = ("kuairand-1k", "kuairand-pure", "kuairand-27k")
-SOURCES = (*MOVIELENS_SOURCES, *KUAIRAND_SOURCES, "recbole:<path>", "table:<path>")
-
 _RESERVED = {"user_id", "item_id", "timestamp", "action_value"}
 _TASK_RE = re.compile(
     r"^\s*(?:(?P<name>[A-Za-z_][A-Za-z0-9_]*)\s*=\s*)?(?P<column>[^<>=!]+?)\s*"
@@ -114,8 +114,13 @@ class TaskSpec:
         threshold = float(match["threshold"]) if match["threshold"] is not None else None
         return cls(name=name, column=column, op=match["op"], threshold=threshold)
 
+    @property
+    def definition(self) -> str:
+        """How the label is read: `rating>=4`, or `is_click` for a 0/1 column."""
+        return self.column + (f"{self.op}{self.threshold:g}" if self.op else "")
+
     def __str__(self) -> str:
-        return f"{self.name}={self.column}" + (f"{self.op}{self.threshold:g}" if self.op else "")
+        return f"{self.name}={self.definition}"
 
 
 @dataclass(frozen=True)
@@ -125,7 +130,7 @@ class _Layout:
     user: str
     item: str
     time: str
-    tasks: tuple[TaskSpec, ...]
+    tasks: tuple[TaskSpec, ...] = ()
     action_value: str | None = None
     action_scale: int = 1  # action_value = action_scale × value (2 on ml-20m's half stars)
     integer_ids: bool = True
@@ -164,6 +169,30 @@ class _Raw:
         raise DataError(f"{self.where(position, column)}: {problem.format(value=repr(value))}")
 
 
+@dataclass(frozen=True)
+class _Source:
+    """How one source is read: its entry in `_SOURCES` is all a new source needs."""
+
+    layout: _Layout  # its columns; the tasks come from the caller or `default_tasks`
+    default_tasks: tuple[str, ...]  # empty: the caller must name the tasks
+    find: Callable[[Path, bool], list[Path]]  # (path, include_random) → the files to read
+    read: Callable[[Path, _Layout], _Raw]  # one file
+    fetch: Callable[[], Path] | None = None  # where a copy comes from when no path is given
+    path_hint: str = ""  # what the path should be, for the error when none is given
+    mapped: bool = False  # named "name:<path>", read with the caller's column mapping (`_MAPPING_OPTIONS`)
+    random_logs: bool = False  # has KuaiRand's log_random_* files (`include_random`)
+
+
+# load_source's column-mapping options → the `_Layout` field each one sets (mapped sources only).
+_MAPPING_OPTIONS = {
+    "user_col": "user",
+    "item_col": "item",
+    "time_col": "time",
+    "action_value_col": "action_value",
+    "time_format": "time_format",
+}
+
+
 # ---------------------------------------------------------------------------------------------
 # The entry point
 
@@ -196,77 +225,28 @@ def load_source(
         "action_value_col": action_value_col,
         "time_format": time_format,
     }
-    kind, _, embedded = source.partition(":")
-    if kind in ("recbole", "table") and embedded:
+    given = {option: value for option, value in mapping.items() if value is not None}
+    name, _, embedded = source.partition(":")
+    entry = _SOURCES.get(name)
+    if entry is None or entry.mapped != bool(embedded):
+        raise DataError(f"unknown source {source!r}; expected one of {', '.join(SOURCES)}")
+    if entry.mapped:
         if path is not None:
             raise DataError(f"source {source!r} already names its file; drop the separate path")
-        if include_random:
-            raise DataError("include_random applies to KuaiRand sources only")
-        specs = _task_specs(tasks, None, source)
-        layout = _Layout(
-            user=user_col or "user_id",
-            item=item_col or "item_id",
-            time=time_col or "timestamp",
-            tasks=specs,
-            action_value=action_value_col,
-            integer_ids=False,
-            flexible_time=True,
-            time_format=time_format,
-        )
-        file = _existing_file(Path(embedded))
-        raw = _read_atomic(file, layout) if kind == "recbole" else _read_table(file, layout)
-        options = [f"{name} {value}" for name, value in mapping.items() if value is not None]
-        return _finish([raw], layout, _describe(source, layout, options), [file])
-
-    if source not in MOVIELENS_SOURCES + KUAIRAND_SOURCES:
-        raise DataError(f"unknown source {source!r}; expected one of {', '.join(SOURCES)}")
-    for option, value in mapping.items():
-        if value is not None:
-            raise DataError(f"{option} applies to recbole:/table: sources only; {source} has a fixed layout")
-
-    if source in MOVIELENS_SOURCES:
-        if include_random:
-            raise DataError("include_random applies to KuaiRand sources only")
-        if path is None:
-            if source != "ml-100k":
-                raise DataError(f"source {source} needs a path (its ratings file or folder); only ml-100k can be fetched")
-            path = fetch.fetch_ml100k()
-        layout = _Layout(
-            user="user_id",
-            item="item_id",
-            time="timestamp",
-            tasks=_task_specs(tasks, MOVIELENS_TASKS, source),
-            action_value="rating",
-            action_scale=2 if source == "ml-20m" else 1,
-        )
-        file = _movielens_file(source, Path(path))
-        described = _describe(source, layout if tasks else None, [])
-        return _finish([_read_movielens(source, file, layout)], layout, described, [file])
-
+        path = embedded
+    elif given:
+        raise DataError(f"{next(iter(given))} applies to recbole:/table: sources only; {source} has a fixed layout")
+    if include_random and not entry.random_logs:
+        raise DataError("include_random applies to KuaiRand sources only")
+    if path is None and entry.fetch is None:
+        raise DataError(f"source {source} needs a path {entry.path_hint}")
+    specs = _task_specs(tasks, entry.default_tasks, source)
+    layout = replace(entry.layout, tasks=specs, **{_MAPPING_OPTIONS[option]: value for option, value in given.items()})
     if path is None:
-        raise DataError(f"source {source} needs a path (the KuaiRand folder holding log_standard_*.csv)")
-    layout = _Layout(
-        user="user_id",
-        item="video_id",
-        time="time_ms",
-        tasks=_task_specs(tasks, KUAIRAND_TASKS, source),
-        time_ms=True,
-    )
-    files = _kuairand_files(Path(path), include_random)
-    raws = [_read_text(f, layout, separator=",", quote_char='"') for f in files]
-    described = _describe(source, layout if tasks else None, ["with log_random"] if include_random else [])
-    return _finish(raws, layout, described, files)
-
-
-def _describe(source: str, layout: _Layout | None, details: list[str]) -> str:
-    """`source`, plus the tasks (when not the defaults) and options it was read with.
-
-    This is the `EventTable.source`, so it lands in `meta.json` and in the preparation cache
-    key: the same file read with other tasks or columns is another dataset.
-    """
-    if layout is not None:
-        details = ["tasks " + ", ".join(str(t) for t in layout.tasks), *details]
-    return f"{source} ({'; '.join(details)})" if details else source
+        path = entry.fetch()
+    files = entry.find(Path(path), include_random)
+    read_options = {**given, **({"include_random": True} if include_random else {})}
+    return _finish([entry.read(file, layout) for file in files], layout, source, files, read_options)
 
 
 def _task_specs(tasks: Sequence[str] | None, default: Sequence[str] | None, source: str) -> tuple[TaskSpec, ...]:
@@ -293,14 +273,18 @@ def _existing_file(path: Path) -> Path:
     return path
 
 
-def _movielens_file(source: str, path: Path) -> Path:
+def _one_file(path: Path, include_random: bool) -> list[Path]:
+    return [_existing_file(path)]
+
+
+def _file_in(path: Path, include_random: bool, *, names: tuple[str, ...]) -> list[Path]:
+    """`path` itself, or the first of `names` in the folder `path`."""
     if path.is_dir():
-        names = {"ml-100k": "u.data", "ml-1m": "ratings.dat", "ml-20m": "ratings.csv"}
-        for name in (names[source], f"{source}.inter"):
+        for name in names:
             if (path / name).is_file():
-                return path / name
-        raise DataError(f"{path}: no {names[source]} or {source}.inter in this folder")
-    return _existing_file(path)
+                return [path / name]
+        raise DataError(f"{path}: no {' or '.join(names)} in this folder")
+    return [_existing_file(path)]
 
 
 def _kuairand_files(path: Path, include_random: bool) -> list[Path]:
@@ -330,15 +314,22 @@ def _sha256(files: Sequence[Path]) -> str:
 # Reading files: every text file is read as strings, so a bad value can be traced to its line
 
 
-def _read_movielens(source: str, file: Path, layout: _Layout) -> _Raw:
-    if _looks_atomic(file):
-        return _read_atomic(file, layout)
+def _movielens(read: Callable[[Path, _Layout], _Raw]) -> Callable[[Path, _Layout], _Raw]:
+    """`read`, or for the RecBole atomic version of the file (a `name:type` header) `_read_atomic`."""
+    return lambda file, layout: _read_atomic(file, layout) if _looks_atomic(file) else read(file, layout)
+
+
+def _read_udata(file: Path, layout: _Layout) -> _Raw:
     fields = ["user_id", "item_id", "rating", "timestamp"]
-    if source == "ml-100k":
-        return _read_text(file, layout, separator="\t", quote_char=None, names=fields)
-    if source == "ml-20m":
-        header = {"userId": "user_id", "movieId": "item_id", "rating": "rating", "timestamp": "timestamp"}
-        return _read_text(file, layout, separator=",", quote_char='"', rename=header)
+    return _read_text(file, layout, separator="\t", quote_char=None, names=fields)
+
+
+def _read_ratings_csv(file: Path, layout: _Layout) -> _Raw:
+    header = {"userId": "user_id", "movieId": "item_id", "rating": "rating", "timestamp": "timestamp"}
+    return _read_text(file, layout, separator=",", quote_char='"', rename=header)
+
+
+def _read_ratings_dat(file: Path, layout: _Layout) -> _Raw:
     # ratings.dat separates fields by "::"; read on ":" and every second field must stay empty.
     spaced = ["user_id", "_sep1", "item_id", "_sep2", "rating", "_sep3", "timestamp"]
     raw = _read_text(file, layout, separator=":", quote_char=None, names=spaced, keep=["_sep1", "_sep2", "_sep3"])
@@ -491,10 +482,51 @@ def _first_line(err: BaseException) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
+# The sources: one entry each
+
+_MOVIELENS = _Layout(user="user_id", item="item_id", time="timestamp", action_value="rating")
+_MOVIELENS_HINT = "(its ratings file or folder); only ml-100k can be fetched"
+_KUAIRAND = _Source(
+    layout=_Layout(user="user_id", item="video_id", time="time_ms", time_ms=True),
+    default_tasks=KUAIRAND_TASKS,
+    find=_kuairand_files,
+    read=partial(_read_text, separator=",", quote_char='"'),
+    path_hint="(the KuaiRand folder holding log_standard_*.csv)",
+    random_logs=True,
+)
+_MAPPED = _Layout(user="user_id", item="item_id", time="timestamp", integer_ids=False, flexible_time=True)
+
+_SOURCES = {
+    "ml-100k": _Source(
+        _MOVIELENS, MOVIELENS_TASKS, partial(_file_in, names=("u.data", "ml-100k.inter")), _movielens(_read_udata),
+        # Looked up when called, so a replaced `fetch.fetch_ml100k` is the one used.
+        fetch=lambda: fetch.fetch_ml100k(),
+    ),
+    "ml-1m": _Source(
+        _MOVIELENS, MOVIELENS_TASKS, partial(_file_in, names=("ratings.dat", "ml-1m.inter")),
+        _movielens(_read_ratings_dat), path_hint=_MOVIELENS_HINT,
+    ),
+    # Half stars: action_value = 2 × rating (1–10); the task thresholds stay on the star scale.
+    "ml-20m": _Source(
+        replace(_MOVIELENS, action_scale=2), MOVIELENS_TASKS, partial(_file_in, names=("ratings.csv", "ml-20m.inter")),
+        _movielens(_read_ratings_csv), path_hint=_MOVIELENS_HINT,
+    ),
+    "kuairand-1k": _KUAIRAND,
+    "kuairand-pure": _KUAIRAND,
+    "kuairand-27k": _KUAIRAND,
+    "recbole": _Source(_MAPPED, (), _one_file, _read_atomic, mapped=True),
+    "table": _Source(_MAPPED, (), _one_file, _read_table, mapped=True),
+}
+SOURCES = tuple(f"{name}:<path>" if entry.mapped else name for name, entry in _SOURCES.items())
+
+
+# ---------------------------------------------------------------------------------------------
 # Raw columns → canonical columns
 
 
-def _finish(raws: list[_Raw], layout: _Layout, source: str, files: Sequence[Path]) -> EventTable:
+def _finish(
+    raws: list[_Raw], layout: _Layout, source: str, files: Sequence[Path], read_options: dict[str, str | bool]
+) -> EventTable:
     dropped: Counter[str] = Counter()
     frames = [_events(raw, layout, dropped) for raw in raws]
     frame = pl.concat(frames, how="vertical") if len(frames) > 1 else frames[0]
@@ -512,6 +544,8 @@ def _finish(raws: list[_Raw], layout: _Layout, source: str, files: Sequence[Path
         source=source,
         sha256=_sha256(files),
         dropped=dict(dropped),
+        task_definitions={t.name: t.definition for t in layout.tasks},
+        read_options=read_options,
     )
 
 

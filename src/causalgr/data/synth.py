@@ -32,13 +32,11 @@ from __future__ import annotations
 import hashlib
 import math
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import polars as pl
 import pydantic
-import typer
 from pydantic import Field
 
 from causalgr.data.events import EventTable
@@ -50,15 +48,6 @@ _EXPOSURE_BLOCK_ELEMENTS = 1 << 22
 # draws, probabilities and labels per block; this bounds each to 32 MB of float32.
 _ROLLOUT_BLOCK_ELEMENTS = 1 << 23
 _PROB_EPS = 1e-6  # probabilities are clipped to [eps, 1 - eps] so every label has finite loss
-
-
-def _split_list(value: Any) -> Any:
-    """Accept "a,b,c" (as the CLI passes it) as well as a list/tuple or a single number."""
-    if isinstance(value, str):
-        return [part.strip() for part in value.split(",") if part.strip()]
-    if isinstance(value, (int, float)):
-        return [value]
-    return value
 
 
 class SynthSettings(pydantic.BaseModel, extra="forbid"):
@@ -95,30 +84,23 @@ class SynthSettings(pydantic.BaseModel, extra="forbid"):
     start_time: int = Field(1_600_000_000, ge=0, description="earliest first timestamp (seconds)")
     seed: int = Field(0, ge=0, description="random seed")
 
-    @pydantic.model_validator(mode="before")
+    @pydantic.field_validator("tasks", "alpha", "beta", "gamma", mode="before")
     @classmethod
-    def _fill_task_parameters(cls, data: Any) -> Any:
-        if not isinstance(data, dict):
-            return data
-        data = dict(data)
-        tasks = _split_list(data.get("tasks", ("click", "like", "share")))
-        if isinstance(tasks, (list, tuple)) and len(tasks) == 1 and str(tasks[0]).isdigit():
-            tasks = [f"task{t}" for t in range(int(tasks[0]))]
-        data["tasks"] = tasks
-        count = len(tasks) if isinstance(tasks, (list, tuple)) else 0
-        defaults = {
-            "alpha": [0.7] * count,
-            "beta": [-1.5 * t for t in range(count)],
-            "gamma": [1.5] * count,
-        }
-        for name, default in defaults.items():
-            value = _split_list(data.get(name))
-            if value is None or (isinstance(value, (list, tuple)) and len(value) == 0):
-                value = default
-            elif isinstance(value, (list, tuple)) and len(value) == 1 and count > 1:
-                value = list(value) * count
-            data[name] = value
-        return data
+    def _comma_list(cls, value: Any) -> Any:
+        """Accept "a,b,c" (the command line passes text) and a single number beside a list."""
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        if isinstance(value, (int, float)):
+            return [value]
+        return value
+
+    @pydantic.field_validator("tasks")
+    @classmethod
+    def _task_count(cls, tasks: tuple[str, ...]) -> tuple[str, ...]:
+        """A single number names that many tasks: "4" → task0..task3."""
+        if len(tasks) == 1 and tasks[0].isdigit():
+            return tuple(f"task{t}" for t in range(int(tasks[0])))
+        return tasks
 
     @pydantic.model_validator(mode="after")
     def _check(self) -> SynthSettings:
@@ -126,10 +108,16 @@ class SynthSettings(pydantic.BaseModel, extra="forbid"):
             raise ValueError("at least one task is needed")
         if len(set(self.tasks)) != len(self.tasks):
             raise ValueError(f"task names must be distinct, got {','.join(self.tasks)}")
-        for name in ("alpha", "beta", "gamma"):
+        count = len(self.tasks)
+        defaults = {"alpha": (0.7,) * count, "beta": tuple(-1.5 * t for t in range(count)), "gamma": (1.5,) * count}
+        for name, default in defaults.items():
             values = getattr(self, name)
-            if len(values) != len(self.tasks):
-                raise ValueError(f"{name} has {len(values)} values for {len(self.tasks)} tasks")
+            if not values:
+                setattr(self, name, default)
+            elif len(values) == 1 and count > 1:  # one value stands for every task
+                setattr(self, name, values * count)
+            elif len(values) != count:
+                raise ValueError(f"{name} has {len(values)} values for {count} tasks")
         if self.events_min > self.events_max:
             raise ValueError(f"events_min {self.events_min} > events_max {self.events_max}")
         if self.clusters > self.items:
@@ -370,58 +358,3 @@ def generate(settings: SynthSettings) -> EventTable:
     # Blocks stay separate chunks: a rechunk would briefly hold the table twice.
     frame = pl.concat(parts, rechunk=False)
     return EventTable(frame=frame, tasks=tuple(tasks), source="synthetic", sha256=settings.sha256())
-
-
-_FIELDS = SynthSettings.model_fields
-
-
-def _help(name: str) -> str:
-    field = _FIELDS[name]
-    if field.default == ():  # per-task values whose default the description gives
-        return f"{field.description}; one value or one per task, comma-separated"
-    default = ",".join(map(str, field.default)) if isinstance(field.default, tuple) else field.default
-    return f"{field.description} (default {default})"
-
-
-def synth_command(
-    out: Path = typer.Option(..., "--out", help="folder for the prepared dataset"),
-    max_len: int = typer.Option(512, "--max-len", help="keep each user's most recent events"),
-    users: Optional[int] = typer.Option(None, help=_help("users"), show_default=False),
-    items: Optional[int] = typer.Option(None, help=_help("items"), show_default=False),
-    clusters: Optional[int] = typer.Option(None, help=_help("clusters"), show_default=False),
-    latent_dim: Optional[int] = typer.Option(None, help=_help("latent_dim"), show_default=False),
-    item_spread: Optional[float] = typer.Option(None, help=_help("item_spread"), show_default=False),
-    events_mean: Optional[float] = typer.Option(None, help=_help("events_mean"), show_default=False),
-    events_sigma: Optional[float] = typer.Option(None, help=_help("events_sigma"), show_default=False),
-    events_min: Optional[int] = typer.Option(None, help=_help("events_min"), show_default=False),
-    events_max: Optional[int] = typer.Option(None, help=_help("events_max"), show_default=False),
-    tasks: Optional[str] = typer.Option(None, help=_help("tasks"), show_default=False),
-    alpha: Optional[str] = typer.Option(None, help=_help("alpha"), show_default=False),
-    beta: Optional[str] = typer.Option(None, help=_help("beta"), show_default=False),
-    gamma: Optional[str] = typer.Option(None, help=_help("gamma"), show_default=False),
-    exposure_weight: Optional[float] = typer.Option(None, help=_help("exposure_weight"), show_default=False),
-    popularity_skew: Optional[float] = typer.Option(None, help=_help("popularity_skew"), show_default=False),
-    taste_offset: Optional[float] = typer.Option(None, help=_help("taste_offset"), show_default=False),
-    similarity_sharpness: Optional[float] = typer.Option(
-        None, help=_help("similarity_sharpness"), show_default=False
-    ),
-    prior_weight: Optional[float] = typer.Option(None, help=_help("prior_weight"), show_default=False),
-    gap_median: Optional[float] = typer.Option(None, help=_help("gap_median"), show_default=False),
-    gap_sigma: Optional[float] = typer.Option(None, help=_help("gap_sigma"), show_default=False),
-    session_prob: Optional[float] = typer.Option(None, help=_help("session_prob"), show_default=False),
-    session_gap_median: Optional[float] = typer.Option(None, help=_help("session_gap_median"), show_default=False),
-    start_time: Optional[int] = typer.Option(None, help=_help("start_time"), show_default=False),
-    seed: Optional[int] = typer.Option(None, help=_help("seed"), show_default=False),
-) -> None:
-    """Generate synthetic events with a planted causal chain and prepare them into OUT."""
-    from causalgr.data.sequences import PrepareSettings, format_stats, prepare
-
-    given = {name: value for name, value in locals().items() if name in _FIELDS and value is not None}
-    try:
-        settings = SynthSettings(**given)
-    except pydantic.ValidationError as err:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in err.errors())
-        raise typer.BadParameter(problems) from None
-    events = generate(settings)
-    prepared = prepare(events, Path(out), PrepareSettings(max_len=max_len))
-    typer.echo(format_stats(prepared.meta))
