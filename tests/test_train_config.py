@@ -10,10 +10,11 @@ import pytest
 from causalgr.errors import ConfigError
 from causalgr.training.config import (
     TrainConfig,
+    apply_overrides,
     load_config,
     parse_override,
     to_yaml,
-    with_overrides,
+    validate_config,
 )
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -32,7 +33,7 @@ def test_config_command_prints_the_built_in_defaults_and_round_trips(tmp_path):
     assert "dim: 64  # model width" in printed.output  # the description comes from ModelConfig
     config = load_config(write(tmp_path, printed.output))
     assert config == TrainConfig()
-    changed = with_overrides(config, ["optim.lr=3e-3", "model.formulation=lfa", "train.task_weights={like: 2}"])
+    changed = validate_config(apply_overrides(config.to_dict(), ["optim.lr=3e-3", "model.formulation=lfa", "train.task_weights={like: 2}"]))
     (tmp_path / "saved.yaml").write_text(to_yaml(changed))
     again = load_config(tmp_path / "saved.yaml")
     assert again == changed

@@ -195,11 +195,6 @@ def load_config(path: Path | str | None = None, overrides: Sequence[str] = ()) -
     return validate_config(apply_overrides(raw, overrides), "--set") if overrides else config
 
 
-def with_overrides(config: TrainConfig, overrides: Sequence[str]) -> TrainConfig:
-    """`config` with `key.sub=value` overrides applied, validated again."""
-    return validate_config(apply_overrides(config.to_dict(), overrides), "--set")
-
-
 def to_yaml(config: TrainConfig, with_help: bool = False) -> str:
     """`config` as a YAML file that loads back to an equal `TrainConfig`; with `with_help`, each
     key is followed by its description as a comment (what `causalgr config` prints)."""
