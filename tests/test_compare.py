@@ -187,3 +187,19 @@ def test_speedup_is_the_ratio_of_per_run_medians_and_disturbed_epochs_are_named(
     assert lfa["speedup_mean"] == pytest.approx((2.0 + 1.0) / 2)  # medians, not the disturbed means
     assert base["disturbed_runs"] == ["runs/interleaved-seed0"]
     assert lfa["disturbed_runs"] == ["runs/lfa-seed1"]
+
+
+def test_paired_change_is_paired_by_formulation_and_seed_on_validation_loss():
+    from causalgr.training.compare import paired_change
+
+    def results(losses):
+        return {"runs": [{"formulation": f, "seed": seed, "valid": {"loss": valid}, "test": {"loss": 9.0}}
+                         for (f, seed), valid in losses.items()]}
+
+    base = results({("lfa", 0): 1.0, ("lfa", 1): 2.0, ("mvp", 0): 1.0})
+    variant = results({("lfa", 1): 1.0, ("lfa", 0): 0.9, ("mvp", 5): 0.5})  # mvp shares no seed
+    changes = paired_change(base, variant)
+    mean, ci, seeds = changes["lfa"]
+    assert seeds == 2 and mean == pytest.approx((0.1 + 0.5) / 2) and ci[0] < mean < ci[1]
+    assert "mvp" not in changes
+    assert paired_change(base, variant, "test")["lfa"][0] == 0.0  # the test loss is another column

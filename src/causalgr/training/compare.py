@@ -170,6 +170,8 @@ def summarize(runs: list[dict], formulations: Sequence[str], tasks: Sequence[str
         mine = [r for r in runs if r["formulation"] == formulation]
         loss_mean, loss_ci = mean_ci95([r["test"]["loss"] for r in mine])
         rel = _paired(runs, formulation, lambda m, b: (b["test"]["loss"] - m["test"]["loss"]) / b["test"]["loss"])
+        valid_rel = _paired(runs, formulation, lambda m, b: (b["valid"]["loss"] - m["valid"]["loss"]) / b["valid"]["loss"])
+        valid_rel_mean, valid_rel_ci = mean_ci95(valid_rel) if valid_rel else (None, None)
         speed = _paired(runs, formulation, lambda m, b: m["median_events_per_second"] / b["median_events_per_second"])
         typical = float(np.median([r["median_events_per_second"] for r in mine]))
         disturbed = [r["run_dir"] for r in mine if r["disturbed_epochs"] or r["median_events_per_second"] < DISTURBED * typical]
@@ -193,6 +195,8 @@ def summarize(runs: list[dict], formulations: Sequence[str], tasks: Sequence[str
             "loss_std": float(np.std([r["test"]["loss"] for r in mine], ddof=1)) if len(mine) > 1 else None,
             "loss_ci95": loss_ci,
             "valid_loss_mean": float(np.mean([r["valid"]["loss"] for r in mine])),
+            "valid_rel_improvement_mean": valid_rel_mean,
+            "valid_rel_improvement_ci95": valid_rel_ci,
             "rel_improvement_mean": rel_mean,
             "rel_improvement_ci95": rel_ci,
             "speedup_mean": speed_mean,
@@ -250,3 +254,20 @@ def build_results(
         "runs": runs,
         "summary": summarize(runs, formulations, tasks, floor["loss"] if floor else None),
     }
+
+
+def paired_change(base: dict, variant: dict, split: str = "valid") -> dict[str, tuple[float, list[float] | None, int]]:
+    """How a variant's loss on `split` compares with the base's, per formulation, paired by seed:
+    `(L_base − L_variant) / L_base` (> 0: the variant is better) as mean, 95% interval and the
+    number of seeds both have. `base` and `variant` are two `results.json` dicts. Choices
+    (defaults, variants, learning rates) are made on `split="valid"`; test loss is for the final
+    configuration only."""
+    if split not in ("valid", "test"):
+        raise ConfigError(f"split must be 'valid' or 'test', got {split!r}")
+    theirs = {(r["formulation"], r["seed"]): r[split]["loss"] for r in base["runs"]}
+    changes: dict[str, list[float]] = {}
+    for r in variant["runs"]:
+        key = (r["formulation"], r["seed"])
+        if key in theirs:
+            changes.setdefault(r["formulation"], []).append((theirs[key] - r[split]["loss"]) / theirs[key])
+    return {f: (*mean_ci95(values), len(values)) for f, values in changes.items()}

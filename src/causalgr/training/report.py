@@ -83,7 +83,8 @@ def render_markdown(results: dict) -> str:
         "## Test eval loss",
         "",
         "Summed log loss over the tasks on the test positions (streaming evaluation). Relative improvement is "
-        "`(L_interleaved − L_model) / L_interleaved`, paired by seed; positive is better.",
+        "`(L_interleaved − L_model) / L_interleaved`, paired by seed; positive is better. Choices between "
+        "configurations are made on the validation columns; the test columns report the final one.",
         "",
     ]
     rows = [
@@ -92,16 +93,18 @@ def render_markdown(results: dict) -> str:
             plus_minus(s["loss_mean"], s["loss_ci95"]),
             "(baseline)" if s["formulation"] == BASELINE else percent_ci(s["rel_improvement_mean"], s["rel_improvement_ci95"]),
             format_number(s["valid_loss_mean"]),
+            "(baseline)" if s["formulation"] == BASELINE else percent_ci(s["valid_rel_improvement_mean"],
+                                                                         s["valid_rel_improvement_ci95"]),
             format_number(s["best_epoch_mean"], 1),
             f"{s['num_parameters']:,} ({s['num_parameters_without_items']:,})",
         ]
         for s in summary
     ]
     if floor:
-        rows.append(["Bayes floor (true probabilities)", format_number(floor["loss"]), "—", "—", "—", "—"])
+        rows.append(["Bayes floor (true probabilities)", format_number(floor["loss"]), "—", "—", "—", "—", "—"])
     out += [
-        _table(["formulation", "test loss", f"rel. improvement vs {BASELINE}", "valid loss", "best epoch",
-                "parameters (w/o item table)"], rows),
+        _table(["formulation", "test loss", f"rel. improvement vs {BASELINE}", "valid loss",
+                f"valid rel. improvement vs {BASELINE}", "best epoch", "parameters (w/o item table)"], rows),
         "",
         "## NE per task (test)",
         "",
