@@ -65,6 +65,7 @@ class Ranker:
         self.max_history = model.config.max_len - 1
         self.device = next(self.model.parameters()).device
         self._model_lock = threading.Lock()  # one forward at a time: torch already uses every core
+        self.run: Path | None = None  # the run folder, when made by `from_run`
 
     @classmethod
     def from_run(cls, run: RunDir | Path | str, *, data: Path | str | None = None, weights: str = "best",
@@ -82,7 +83,9 @@ class Ranker:
         except (OSError, ValueError, TypeError, KeyError, RuntimeError, SafetensorError) as err:
             raise DataError(f"{run.path}: cannot load the run: {_first_line(err)}") from None
         items = read_item_index(Path(data if data is not None else config.data.path), model.config.num_items)
-        return cls(model, items, **options)
+        ranker = cls(model, items, **options)
+        ranker.run = run.path
+        return ranker
 
     @property
     def tasks(self) -> tuple[str, ...]:
