@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import itertools
 import re
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 
 from causalgr import Batch
-from causalgr.models import BACKBONES, FORMULATIONS
+from causalgr.models import BACKBONES, FORMULATIONS, build_model
 from causalgr.serving import InvalidInput, Ranker
 from model_helpers import NUM_ITEMS, NUM_VALUES, make_model
 
@@ -202,3 +204,38 @@ def test_the_history_cache_is_bounded_in_bytes_least_recently_used_first():
     ranker.observe("d", **events(10, 10))
     assert ranker.cache.nbytes <= 3 * one_user and len(ranker.cache) == 3
     assert ranker.cache.get("b") is None and ranker.cache.get("a") is not None
+
+
+def test_two_thousand_candidates_go_through_in_bounded_passes():
+    model = build_model(replace(make_model("interleaved", "hstu", TASKS).config, num_items=2_500))
+    ranker = Ranker(model, rows_per_pass=256)
+    rows = []
+    ranker.model.register_forward_pre_hook(lambda module, args: rows.append(args[0].items.shape[0]))
+    history = events(12, 11)
+    candidates = list(range(1, 2_001))
+    probs = ranker.rank(**history, candidates=candidates, timestamp=last_time(history))
+    assert probs.shape == (2_000, TASKS) and max(rows) == 256 and sum(rows) == 2_000
+    for k in (0, 1_234, 1_999):
+        np.testing.assert_allclose(probs[k], model_says(model.eval(), history, candidates[k], last_time(history)),
+                                   atol=ATOL, rtol=0)
+
+
+def test_concurrent_observes_and_ranks_equal_sequential_ones():
+    model = make_model("mvp", "hstu", TASKS)
+    ranker, reference = Ranker(model), Ranker(model)
+    history = events(24, 12)
+    pieces = [{k: v[i : i + 6] for k, v in history.items()} for i in range(0, 24, 6)]
+    for piece in pieces:
+        reference.observe("u", **piece)
+    expected = reference.rank(user="u", candidates=[1, 2, 3], timestamp=last_time(history))
+
+    def user(name: str) -> np.ndarray:
+        for piece in pieces:
+            ranker.observe(name, **piece)
+            ranker.rank(user=name, candidates=[5], timestamp=last_time(history))
+        return ranker.rank(user=name, candidates=[1, 2, 3], timestamp=last_time(history))
+
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(user, [f"u{i}" for i in range(8)]))
+    for answer in answers:
+        np.testing.assert_allclose(answer, expected, atol=ATOL, rtol=0)
