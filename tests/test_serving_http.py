@@ -181,6 +181,13 @@ def test_a_body_over_the_limit_is_a_413(client, item_ids):
     response = client.post("/v1/rank", json=rank_body(item_ids, candidates=["x" * 30_000]))
     assert response.status_code == 413 and "20,000 bytes" in response.json()["message"]
 
+    async def chunks():  # no Content-Length: the limit counts what arrives
+        for _ in range(30):
+            yield b" " * 1_000
+
+    response = client.post("/v1/rank", content=chunks(), headers={"content-type": "application/json"})
+    assert response.status_code == 413 and "content-length" not in response.request.headers
+
 
 def test_health_model_and_metrics(client):
     assert client.get("/healthz").json() == {"status": "ok"}

@@ -29,7 +29,7 @@ class History:
     action_values: np.ndarray  # [N] int64, 0 = none
 
     @classmethod
-    def empty(cls, num_tasks: int) -> "History":
+    def empty(cls, num_tasks: int) -> History:
         none = np.zeros(0, dtype=np.int64)
         return cls(none, none, np.zeros((0, num_tasks), dtype=np.float32), none)
 
@@ -40,14 +40,14 @@ class History:
     def nbytes(self) -> int:
         return self.items.nbytes + self.timestamps.nbytes + self.labels.nbytes + self.action_values.nbytes
 
-    def then(self, later: "History") -> "History":
+    def then(self, later: History) -> History:
         """These events followed by `later`; `InvalidInput` if `later` starts before these end."""
         if len(self) and len(later) and later.timestamps[0] < self.timestamps[-1]:
             raise InvalidInput("timestamps", f"{later.timestamps[0]} is earlier than the last event already "
                                f"in the history ({self.timestamps[-1]}); events must come oldest first", 0)
         return History(*(np.concatenate([a, b]) for a, b in zip(self.arrays(), later.arrays())))
 
-    def recent(self, count: int) -> "History":
+    def recent(self, count: int) -> History:
         """The last `count` events (all of them when there are fewer)."""
         return self if len(self) <= count else History(*(a[len(self) - count :] for a in self.arrays()))
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict
-from typing import Optional, Union
+from typing import Union
 
 import numpy as np
 from fastapi import FastAPI, HTTPException, Request
@@ -45,7 +45,7 @@ class Event(BaseModel):
 class RankRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    user: Optional[ItemId] = Field(None, description="rank after this user's cached events (then `history`)")
+    user: ItemId | None = Field(None, description="rank after this user's cached events (then `history`)")
     history: list[Event] = Field(default_factory=list)
     candidates: list[ItemId] = Field(min_length=1)
     timestamp: int = Field(ge=0, description="seconds; not before the last history event")

@@ -32,7 +32,7 @@ class ItemIndex:
         self.ids = None if ids is None else dict(ids)
 
     @classmethod
-    def from_table(cls, dense: Sequence[int], original: Sequence[object], num_items: int) -> "ItemIndex":
+    def from_table(cls, dense: Sequence[int], original: Sequence[object], num_items: int) -> ItemIndex:
         """From the `item` and `item_id` columns of a prepared dataset's `item_ids.parquet`."""
         return cls(num_items, {str(o): int(d) for d, o in zip(dense, original)})
 

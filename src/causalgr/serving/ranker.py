@@ -59,7 +59,7 @@ class Ranker:
                  cache_bytes: int = CACHE_BYTES, rows_per_pass: int = ROWS_PER_PASS):
         self.config = model.config
         self.model = with_unknown_item(model)
-        self.items = items or ItemIndex(model.config.num_items)
+        self.items = items if items is not None else ItemIndex(model.config.num_items)
         self.cache = HistoryCache(cache_bytes)
         self.rows_per_pass = rows_per_pass
         self.max_history = model.config.max_len - 1
@@ -69,7 +69,7 @@ class Ranker:
 
     @classmethod
     def from_run(cls, run: RunDir | Path | str, *, data: Path | str | None = None, weights: str = "best",
-                 device: str = "cpu", **options) -> "Ranker":
+                 device: str = "cpu", **options) -> Ranker:
         """The ranker of a `causalgr train` run folder: its `weights`, and the item ids of its
         prepared data (`data`, default the run's `data.path`). `DataError` naming the file when
         the run or the data cannot be read."""
