@@ -1,0 +1,215 @@
+"""`Ranker`: P(task) for K candidate items after a user's history, exactly as the model says (DESIGN.md §6).
+
+The answer for candidate c is the trained model's prediction at position N + 1 of the sequence
+`history + (c, t)`: row k of a batch whose every row is the history followed by one candidate.
+The candidate's own action is a placeholder of zeros; by the causal invariant the model never
+reads it at that position. Rows are independent, so an answer does not depend on the other
+candidates or their order.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import torch
+from safetensors import SafetensorError
+
+from causalgr.batch import Batch
+from causalgr.data.errors import DataError
+from causalgr.errors import CausalgrError
+from causalgr.models import RankingModel
+from causalgr.serving.history import (
+    History,
+    HistoryCache,
+    InvalidInput,
+    check_action_values,
+    check_labels,
+    check_timestamp,
+    check_timestamps,
+)
+from causalgr.serving.items import ItemIndex, with_unknown_item
+from causalgr.training.rundir import RunDir
+
+ROWS_PER_PASS = 256  # candidate rows per forward pass: bounds memory at rows × (N + 1) tokens
+CACHE_BYTES = 256 << 20
+
+
+@dataclass(frozen=True)
+class Ranking:
+    probabilities: np.ndarray  # [K, T] float32, row k for candidates[k]
+    unknown_items: list  # ids of this request (history and candidates) the model does not know, each once
+
+
+class Ranker:
+    """Ranks candidates for one user's history with a `RankingModel`.
+
+    `Ranker(model)` takes ids as the model's dense indices; `Ranker.from_run(dir)` takes the
+    source's original ids. An id the model does not know is answered as the unknown item
+    (`causalgr.serving.items`) and listed in `rank_with_details(...).unknown_items`. Histories
+    are cut to their last `max_len - 1` events so that history + candidate fits the model.
+    Safe to call from several threads.
+    """
+
+    def __init__(self, model: RankingModel, items: ItemIndex | None = None, *,
+                 cache_bytes: int = CACHE_BYTES, rows_per_pass: int = ROWS_PER_PASS):
+        self.config = model.config
+        self.model = with_unknown_item(model)
+        self.items = items if items is not None else ItemIndex(model.config.num_items)
+        self.cache = HistoryCache(cache_bytes)
+        self.rows_per_pass = rows_per_pass
+        self.max_history = model.config.max_len - 1
+        self.device = next(self.model.parameters()).device
+        self._model_lock = threading.Lock()  # one forward at a time: torch already uses every core
+        self.run: Path | None = None  # the run folder, when made by `from_run`
+
+    @classmethod
+    def from_run(cls, run: RunDir | Path | str, *, data: Path | str | None = None, weights: str = "best",
+                 device: str = "cpu", **options) -> Ranker:
+        """The ranker of a `causalgr train` run folder: its `weights`, and the item ids of its
+        prepared data (`data`, default the run's `data.path`). `DataError` naming the file when
+        the run or the data cannot be read."""
+        from causalgr.training.evaluate import load_run
+
+        run = run if isinstance(run, RunDir) else RunDir(run)
+        try:
+            model, config = load_run(run, weights, device)
+        except CausalgrError:
+            raise
+        except (OSError, ValueError, TypeError, KeyError, RuntimeError, SafetensorError) as err:
+            raise DataError(f"{run.path}: cannot load the run: {_first_line(err)}") from None
+        items = read_item_index(Path(data if data is not None else config.data.path), model.config.num_items)
+        ranker = cls(model, items, **options)
+        ranker.run = run.path
+        return ranker
+
+    @property
+    def tasks(self) -> tuple[str, ...]:
+        return self.config.tasks
+
+    def rank(self, items: Sequence | None = None, timestamps: Sequence | None = None, labels: Sequence | None = None,
+             action_values: Sequence | None = None, *, candidates: Sequence, timestamp: int,
+             user: str | int | None = None) -> np.ndarray:
+        """probs float32 [K, T]: probs[k] == sigmoid(model(history + (candidates[k], timestamp)))[N].
+
+        The history is `user`'s cached events (see `observe`), then the events given here
+        (oldest first, not cached). `InvalidInput` (a `ValueError`) names the field at fault.
+        """
+        return self.rank_with_details(items, timestamps, labels, action_values, candidates=candidates,
+                                      timestamp=timestamp, user=user).probabilities
+
+    def rank_with_details(self, items: Sequence | None = None, timestamps: Sequence | None = None,
+                          labels: Sequence | None = None, action_values: Sequence | None = None, *,
+                          candidates: Sequence, timestamp: int, user: str | int | None = None) -> Ranking:
+        """`rank`'s probabilities and the ids of this request the model does not know."""
+        given, unknown = self._events(items, timestamps, labels, action_values)
+        cached = self.cache.get(_user_key(user)) if user is not None else None
+        history = (given if cached is None else cached.then(given)).recent(self.max_history)
+        timestamp = check_timestamp(timestamp, history)
+        if _count(candidates, "candidates") == 0:
+            raise InvalidInput("candidates", "must list at least one item")
+        dense, unknown_candidates = self.items.lookup(candidates)
+        probabilities = self._score(history, dense, timestamp)
+        return Ranking(probabilities, list(dict.fromkeys(unknown + unknown_candidates)))
+
+    def observe(self, user: str | int, items: Sequence, timestamps: Sequence, labels: Sequence,
+                action_values: Sequence | None = None) -> list:
+        """Append events (oldest first, not before the user's last one) to `user`'s cached history.
+
+        Keeps the last `max_len - 1` events. Returns the ids the model does not know. On
+        `InvalidInput` nothing is cached.
+        """
+        key = _user_key(user)
+        events, unknown = self._events(items, timestamps, labels, action_values)
+        self.cache.extend(key, events, self.max_history)
+        return unknown
+
+    def _events(self, items, timestamps, labels, action_values) -> tuple[History, list]:
+        if items is None:
+            if any(x is not None for x in (timestamps, labels, action_values)):
+                raise InvalidInput("items", "missing: timestamps, labels or action values were given without items")
+            return History.empty(len(self.tasks)), []
+        length = _count(items, "items")
+        for name, values in (("timestamps", timestamps), ("labels", labels), ("action_values", action_values)):
+            if values is not None and _count(values, name) != length:
+                raise InvalidInput(name, f"has {len(values)} entries but items has {length}")
+        if timestamps is None or labels is None:
+            raise InvalidInput("timestamps" if timestamps is None else "labels", "missing: every event needs one")
+        dense, unknown = self.items.lookup(items)
+        history = History(
+            items=dense,
+            timestamps=check_timestamps(timestamps),
+            labels=check_labels(labels, length, len(self.tasks)),
+            action_values=check_action_values(action_values, length, self.config.num_action_values),
+        )
+        return history, unknown
+
+    def _score(self, history: History, candidates: np.ndarray, timestamp: int) -> np.ndarray:
+        # Each distinct candidate is scored once; repeats share its row.
+        distinct, where = np.unique(candidates, return_inverse=True)
+        parts = [self._forward(history, distinct[i : i + self.rows_per_pass], timestamp)
+                 for i in range(0, len(distinct), self.rows_per_pass)]
+        return np.concatenate(parts)[where.reshape(-1)]
+
+    @torch.inference_mode()
+    def _forward(self, history: History, candidates: np.ndarray, timestamp: int) -> np.ndarray:
+        batch = candidate_batch(history, candidates, timestamp).to(self.device)
+        with self._model_lock:
+            logits = self.model(batch)[:, -1]  # [K, T] at the candidate's position
+        return torch.sigmoid(logits.float()).cpu().numpy()
+
+
+def candidate_batch(history: History, candidates: np.ndarray, timestamp: int) -> Batch:
+    """K rows of N + 1 events: row k is the history, then candidates[k] at `timestamp` with a
+    zero placeholder action (never read at its own position)."""
+    K, N = len(candidates), len(history)
+
+    def rows(events: np.ndarray, last: torch.Tensor) -> torch.Tensor:
+        shared = torch.from_numpy(events).expand(K, *events.shape)  # [K, N, …], no copy per row
+        return torch.cat([shared, last[:, None]], dim=1)  # [K, N + 1, …]
+
+    T = history.labels.shape[1]
+    return Batch(
+        items=rows(history.items, torch.from_numpy(candidates)),
+        labels=rows(history.labels, torch.zeros(K, T)),
+        action_values=rows(history.action_values, torch.zeros(K, dtype=torch.int64)),
+        timestamps=rows(history.timestamps, torch.full((K,), timestamp, dtype=torch.int64)),
+        lengths=torch.full((K,), N + 1, dtype=torch.int64),
+    )
+
+
+def read_item_index(data: Path, num_items: int) -> ItemIndex:
+    """The original ↔ dense item ids of a prepared dataset; `DataError` if missing or not the model's."""
+    path = data / "item_ids.parquet"
+    if not path.is_file():
+        raise DataError(f"{path}: not found; the run's prepared data (config.yaml data.path, or --data) holds its item ids")
+    try:
+        table = pl.read_parquet(path, columns=["item", "item_id"])
+    except (OSError, pl.exceptions.PolarsError) as err:
+        raise DataError(f"{path}: cannot read the item ids: {_first_line(err)}") from None
+    dense = table["item"].to_numpy()
+    if len(table) != num_items or (len(dense) and (dense.min() < 1 or dense.max() > num_items)):
+        raise DataError(f"{path}: holds {len(table)} items, the model was trained on {num_items}")
+    return ItemIndex.from_table(dense.tolist(), table["item_id"].to_list(), num_items)
+
+
+def _count(values: object, field: str) -> int:
+    """len(values) of a list-like argument; `InvalidInput` naming `field` for a string or a scalar."""
+    if isinstance(values, (str, bytes)) or not hasattr(values, "__len__"):
+        raise InvalidInput(field, f"must be a list, got {type(values).__name__}")
+    return len(values)
+
+
+def _user_key(user: object) -> str:
+    if isinstance(user, bool) or not isinstance(user, (str, int)) or user == "":
+        raise InvalidInput("user", f"must be a non-empty string or an integer, got {user!r}")
+    return str(user)
+
+
+def _first_line(err: Exception) -> str:
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0] if text else ''}"

@@ -1,0 +1,241 @@
+"""`causalgr.serving.Ranker` for every formulation × backbone: its answers are the model's own
+prediction at the appended position (DESIGN.md §6), whatever else is ranked beside them."""
+
+from __future__ import annotations
+
+import itertools
+import re
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from causalgr import Batch
+from causalgr.models import BACKBONES, FORMULATIONS, build_model
+from causalgr.serving import InvalidInput, Ranker
+from model_helpers import NUM_ITEMS, NUM_VALUES, make_model
+
+CASES = list(itertools.product(FORMULATIONS, BACKBONES))
+TASKS = 3
+ATOL = 1e-5
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models: one torch thread is fastest, and stays fast on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def events(length: int, seed: int, start: int = 1_000) -> dict:
+    """A random history: items, non-decreasing timestamps (with ties), labels and action values."""
+    rng = np.random.default_rng(seed)
+    return dict(
+        items=rng.integers(1, NUM_ITEMS + 1, length).tolist(),
+        timestamps=(start + np.cumsum(rng.integers(0, 5_000, length))).tolist(),
+        labels=rng.integers(0, 2, (length, TASKS)).tolist(),
+        action_values=rng.integers(0, NUM_VALUES, length).tolist(),
+    )
+
+
+def model_says(model, history: dict, candidate: int, timestamp: int) -> np.ndarray:
+    """sigmoid(model(history + (candidate, timestamp)))[N] straight from the model, one row, with a
+    placeholder action of all ones on the candidate (the ranker uses zeros; neither may matter)."""
+    n = len(history["items"])
+    batch = Batch(
+        items=torch.tensor([history["items"] + [candidate]]),
+        labels=torch.tensor([history["labels"] + [[1] * TASKS]], dtype=torch.float32).reshape(1, n + 1, TASKS),
+        action_values=torch.tensor([history["action_values"] + [NUM_VALUES - 1]]),
+        timestamps=torch.tensor([history["timestamps"] + [timestamp]]),
+        lengths=torch.tensor([n + 1]),
+    )
+    with torch.no_grad():
+        return torch.sigmoid(model(batch)[0, -1]).numpy()
+
+
+def last_time(history: dict) -> int:
+    return history["timestamps"][-1] if history["timestamps"] else 0
+
+
+@pytest.mark.parametrize("formulation,backbone", CASES)
+def test_each_answer_is_the_model_at_the_appended_position(formulation, backbone):
+    model = make_model(formulation, backbone, TASKS)
+    ranker = Ranker(model)
+    for length, seed in ((0, 1), (1, 2), (12, 3)):
+        history = events(length, seed)
+        candidates = [5, 17, 5, NUM_ITEMS, 1]  # a repeat included
+        timestamp = last_time(history) + 60
+        probs = ranker.rank(**history, candidates=candidates, timestamp=timestamp)
+        assert probs.dtype == np.float32 and probs.shape == (len(candidates), TASKS)
+        for k, c in enumerate(candidates):
+            np.testing.assert_allclose(probs[k], model_says(model, history, c, timestamp), atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("formulation,backbone", CASES)
+def test_an_answer_does_not_depend_on_the_other_candidates(formulation, backbone):
+    model = make_model(formulation, backbone, TASKS)
+    history, timestamp = events(10, 4), 10**6
+    candidates = list(range(1, 21))
+    full = Ranker(model).rank(**history, candidates=candidates, timestamp=timestamp)
+    small_passes = Ranker(model, rows_per_pass=3).rank(**history, candidates=candidates, timestamp=timestamp)
+    np.testing.assert_allclose(small_passes, full, atol=ATOL, rtol=0)
+    order = np.random.default_rng(0).permutation(len(candidates))
+    shuffled = Ranker(model).rank(**history, candidates=[candidates[i] for i in order], timestamp=timestamp)
+    np.testing.assert_allclose(shuffled, full[order], atol=ATOL, rtol=0)
+    few = Ranker(model).rank(**history, candidates=[7, 3], timestamp=timestamp)
+    np.testing.assert_allclose(few, full[[6, 2]], atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("formulation,backbone", CASES)
+def test_a_long_history_is_cut_to_max_len_minus_one_events(formulation, backbone):
+    model = make_model(formulation, backbone, TASKS)
+    keep = model.config.max_len - 1
+    history = events(model.config.max_len + 9, 5)
+    cut = {k: v[-keep:] for k, v in history.items()}
+    timestamp = last_time(history) + 1
+    probs = Ranker(model).rank(**history, candidates=[3, 9], timestamp=timestamp)
+    for k, c in enumerate([3, 9]):
+        np.testing.assert_allclose(probs[k], model_says(model, cut, c, timestamp), atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("formulation,backbone", CASES)
+def test_observed_history_ranks_like_the_same_history_given(formulation, backbone):
+    model = make_model(formulation, backbone, TASKS)
+    history = events(model.config.max_len + 4, 6)  # longer than the model keeps
+    ranker = Ranker(model)
+    split, tail = 20, len(history["items"]) - 3
+    ranker.observe("u1", **{k: v[:split] for k, v in history.items()})
+    ranker.observe("u1", **{k: v[split:tail] for k, v in history.items()})
+    timestamp = last_time(history) + 5
+    expected = Ranker(model).rank(**history, candidates=[2, 8, 30], timestamp=timestamp)
+    with_request_events = ranker.rank(**{k: v[tail:] for k, v in history.items()}, user="u1",
+                                      candidates=[2, 8, 30], timestamp=timestamp)
+    np.testing.assert_allclose(with_request_events, expected, atol=ATOL, rtol=0)
+    ranker.observe("u1", **{k: v[tail:] for k, v in history.items()})
+    np.testing.assert_allclose(ranker.rank(user="u1", candidates=[2, 8, 30], timestamp=timestamp), expected,
+                               atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("formulation,backbone", CASES)
+def test_the_last_history_action_reaches_the_answer(formulation, backbone):
+    model = make_model(formulation, backbone, TASKS)
+    history = events(8, 7)
+    flipped = {**history, "labels": history["labels"][:-1] + [[1 - a for a in history["labels"][-1]]]}
+    ranker = Ranker(model)
+    timestamp = last_time(history) + 1
+    before = ranker.rank(**history, candidates=[4, 11], timestamp=timestamp)
+    after = ranker.rank(**flipped, candidates=[4, 11], timestamp=timestamp)
+    assert np.abs(after - before).max() > 1e-6
+
+
+@pytest.mark.parametrize("formulation,backbone", CASES)
+def test_unknown_items_get_a_finite_answer_and_are_listed(formulation, backbone):
+    model = make_model(formulation, backbone, TASKS)
+    table = model.items.weight.detach().clone()
+    ranker = Ranker(model)
+    history = events(6, 8)
+    history["items"][2] = 10_000
+    result = ranker.rank_with_details(**history, candidates=[0, 3, NUM_ITEMS + 1, -2, "x", 0],
+                                      timestamp=last_time(history))
+    assert np.isfinite(result.probabilities).all()
+    assert result.unknown_items == [10_000, 0, NUM_ITEMS + 1, -2, "x"]
+    unknown_rows = result.probabilities[[0, 2, 3, 4, 5]]
+    np.testing.assert_array_equal(unknown_rows, np.broadcast_to(unknown_rows[0], unknown_rows.shape))
+    assert torch.equal(model.items.weight, table)  # the caller's model is left as it was
+
+
+def bad_requests():
+    ok = dict(items=[1, 2, 3], timestamps=[10, 20, 30], labels=[[0, 1, 0]] * 3, action_values=[1, 2, 3],
+              candidates=[4], timestamp=40)
+    return [
+        ("timestamps", {**ok, "timestamps": [10, 20]}),
+        ("labels", {**ok, "labels": [[0, 1]] * 3}),
+        ("labels[1]", {**ok, "labels": [[0, 1, 0], [0, 2, 0], [1, 1, 1]]}),
+        ("action_values", {**ok, "action_values": [1, 2]}),
+        ("action_values[2]", {**ok, "action_values": [1, 2, NUM_VALUES]}),
+        ("timestamps[2]", {**ok, "timestamps": [10, 30, 20]}),
+        ("timestamps[1]", {**ok, "timestamps": [10.0, float("nan"), 30.0]}),
+        ("timestamps[0]", {**ok, "timestamps": [-1, 20, 30]}),
+        ("timestamps", {**ok, "timestamps": ["10", "20", "30"]}),
+        ("timestamps", {**ok, "timestamps": None}),
+        ("items", {**ok, "items": None}),
+        ("timestamp", {**ok, "timestamp": 29}),
+        ("timestamp", {**ok, "timestamp": float("nan")}),
+        ("candidates", {**ok, "candidates": []}),
+        ("candidates", {**ok, "candidates": "4"}),
+        ("user", {**ok, "user": ""}),
+    ]
+
+
+@pytest.mark.parametrize("field,request_", bad_requests(), ids=lambda x: x if isinstance(x, str) else "")
+def test_a_bad_request_is_a_value_error_naming_the_field(field, request_):
+    ranker = Ranker(make_model("lfa", "hstu", TASKS))
+    with pytest.raises(ValueError, match=f"^{re.escape(field)}: "):
+        ranker.rank(**request_)
+    with pytest.raises(InvalidInput) as refused:
+        ranker.rank(**request_)
+    assert refused.value.field == field.split("[")[0]
+
+
+def test_a_refused_observe_caches_nothing():
+    model = make_model("interleaved", "softmax", TASKS)
+    ranker = Ranker(model)
+    ranker.observe("u1", items=[1, 2], timestamps=[100, 200], labels=[[1, 0, 0], [0, 1, 0]])
+    before = ranker.rank(user="u1", candidates=[5], timestamp=300)
+    with pytest.raises(InvalidInput, match=r"^timestamps\[0\]: 150 is earlier than the last event"):
+        ranker.observe("u1", items=[3], timestamps=[150], labels=[[0, 0, 1]])
+    with pytest.raises(InvalidInput, match=r"^labels"):
+        ranker.observe("u2", items=[3], timestamps=[150], labels=[[0, 0]])
+    np.testing.assert_array_equal(ranker.rank(user="u1", candidates=[5], timestamp=300), before)
+    assert len(ranker.cache) == 1 and ranker.cache.get("u2") is None
+
+
+def test_the_history_cache_is_bounded_in_bytes_least_recently_used_first():
+    model = make_model("lagged", "hstu", TASKS)
+    one_user = 10 * (8 + 8 + 4 * TASKS + 8)  # ten events: item, timestamp, labels, action value
+    ranker = Ranker(model, cache_bytes=3 * one_user)
+    for user in ("a", "b", "c"):
+        ranker.observe(user, **events(10, 9))
+    ranker.rank(user="a", candidates=[1], timestamp=10**7)  # "a" is now the most recent
+    ranker.observe("d", **events(10, 10))
+    assert ranker.cache.nbytes <= 3 * one_user and len(ranker.cache) == 3
+    assert ranker.cache.get("b") is None and ranker.cache.get("a") is not None
+
+
+def test_two_thousand_candidates_go_through_in_bounded_passes():
+    model = build_model(replace(make_model("interleaved", "hstu", TASKS).config, num_items=2_500))
+    ranker = Ranker(model, rows_per_pass=256)
+    rows = []
+    ranker.model.register_forward_pre_hook(lambda module, args: rows.append(args[0].items.shape[0]))
+    history = events(12, 11)
+    candidates = list(range(1, 2_001))
+    probs = ranker.rank(**history, candidates=candidates, timestamp=last_time(history))
+    assert probs.shape == (2_000, TASKS) and max(rows) == 256 and sum(rows) == 2_000
+    for k in (0, 1_234, 1_999):
+        np.testing.assert_allclose(probs[k], model_says(model.eval(), history, candidates[k], last_time(history)),
+                                   atol=ATOL, rtol=0)
+
+
+def test_concurrent_observes_and_ranks_equal_sequential_ones():
+    model = make_model("mvp", "hstu", TASKS)
+    ranker, reference = Ranker(model), Ranker(model)
+    history = events(24, 12)
+    pieces = [{k: v[i : i + 6] for k, v in history.items()} for i in range(0, 24, 6)]
+    for piece in pieces:
+        reference.observe("u", **piece)
+    expected = reference.rank(user="u", candidates=[1, 2, 3], timestamp=last_time(history))
+
+    def user(name: str) -> np.ndarray:
+        for piece in pieces:
+            ranker.observe(name, **piece)
+            ranker.rank(user=name, candidates=[5], timestamp=last_time(history))
+        return ranker.rank(user=name, candidates=[1, 2, 3], timestamp=last_time(history))
+
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(user, [f"u{i}" for i in range(8)]))
+    for answer in answers:
+        np.testing.assert_allclose(answer, expected, atol=ATOL, rtol=0)
