@@ -7,7 +7,7 @@ import sys
 
 import typer
 
-from causalgr.bench import bench_command
+from causalgr.cli.bench import bench_command
 from causalgr.cli.data import app as data_app
 from causalgr.cli.train import register as register_training
 from causalgr.errors import CausalgrError
