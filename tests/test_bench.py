@@ -147,12 +147,15 @@ def test_cli_writes_json_table_and_plot(tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["--formulations", f"{BASELINE},nope"], "error: --formulations: unknown value 'nope'"),
     (["--lengths", "128,x"], "error: --lengths: cannot read '128,x'"),
-    (["--backbone", "hstu,softmax", "--attention", "blocked"], "error: --attention: 'blocked' is not an engine of the softmax"),
+    (["--lengths", "0,8"], "error: --lengths: every length must be >= 1"),
+    (["--backbone", "softmax,hstu", "--attention", "blocked"], "error: --attention: 'blocked' is not an engine of the softmax"),
     (["--dim", "10", "--heads", "3"], "error: bench: dim 10 must be divisible by heads 3"),
 ])
 def test_cli_bad_options_are_one_line_errors(tmp_path, monkeypatch, capsys, args, message):
     out = tmp_path / "x.json"
-    monkeypatch.setattr(sys, "argv", ["causalgr", "bench", *args, "--out", str(out)])
+    tiny = ["--lengths", "8", "--dim", "16", "--layers", "1", "--batch-events", "16", "--repeats", "1", "--warmup", "0",
+            "--device", "cpu", "--no-memory"]  # should a check be missed, the run stays short (the last option wins)
+    monkeypatch.setattr(sys, "argv", ["causalgr", "bench", *tiny, *args, "--out", str(out)])
     with pytest.raises(SystemExit) as exit_info:
         cli.main()
     assert exit_info.value.code == 2
