@@ -15,7 +15,16 @@ from typer.testing import CliRunner
 
 import causalgr.training.step as training
 from causalgr import cli
-from causalgr.bench import Case, add_ratios, make_batch, make_model, measure_peak_memory, run_bench, time_cases, training_step
+from causalgr.bench import (
+    Case,
+    add_ratios,
+    make_batch,
+    make_model,
+    measure_peak_memory,
+    run_bench,
+    time_cases,
+    training_step,
+)
 from causalgr.models import BASELINE
 from causalgr.training.config import OptimSection
 

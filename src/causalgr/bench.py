@@ -268,7 +268,7 @@ COLUMNS = ("backbone", "length", "formulation", "train ev/s", VS, "infer ev/s", 
 
 def table_rows(result: dict) -> list[list[str]]:
     """The cells of the result table, one list per row, in COLUMNS order."""
-    ratio = lambda x: "" if x is None else f"{x:.2f}×"  # noqa: E731
+    ratio = lambda x: "" if x is None else f"{x:.2f}×"
     rows = []
     for r in result["rows"]:
         memory = r["peak_memory_bytes"]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from dataclasses import fields
 from pathlib import Path
-from typing import Optional
 
 import torch
 import typer
@@ -34,11 +33,11 @@ def bench_command(
     device: str = typer.Option("auto", help="auto (cuda if available), cpu or cuda[:i]."),
     attention: str = typer.Option(MODEL.attention, help=f"Attention engine ({_ENGINES})."),
     out: Path = typer.Option(..., help="JSON file to write."),
-    plot: Optional[Path] = typer.Option(None, help="PNG plot of throughput against length."),
+    plot: Path | None = typer.Option(None, help="PNG plot of throughput against length."),
     compile: bool = typer.Option(False, "--compile", help="torch.compile every model."),
     bf16: bool = typer.Option(False, "--bf16", help="bfloat16 autocast in the training and inference steps."),
     memory: bool = typer.Option(True, "--memory/--no-memory", help="Measure peak training memory (subprocess per case)."),
-    threads: Optional[int] = typer.Option(None, min=1, help="CPU threads for torch (default: torch's choice)."),
+    threads: int | None = typer.Option(None, min=1, help="CPU threads for torch (default: torch's choice)."),
 ) -> None:
     """Training and inference events/s and peak training memory, per formulation × backbone × length."""
     formulation_list = parse_list(formulations, "--formulations", choices=tuple(FORMULATIONS))
