@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup main test bench clean
+.PHONY: setup main test clean
 
 $(BIN)/causalgr: pyproject.toml
 	$(PYTHON) -m venv $(VENV)

@@ -1,14 +1,19 @@
-"""`causalgr bench`: training / inference throughput and peak memory per formulation × backbone × length.
+"""Training / inference throughput and peak memory per formulation × backbone × length
+(`causalgr bench`, whose options are in `causalgr.cli.bench`).
 
 An event is one (item, action) pair whatever the token count, so `interleaved` (2N tokens)
 and the N-token formulations are compared on the same work. Per length, every formulation
 gets the same batch (batch_events // length rows of full-length histories); after warm-up the
 formulations are timed in turns, one step each per round, so that load from other processes
 falls on all of them alike, and the median step over the rounds is reported. Ratios to
-`interleaved` come from the same run.
+`BASELINE` come from the same run.
 
-Peak memory is measured for each case in a fresh subprocess, for one training step (forward,
-loss, backward, optimizer step) after one warm-up step:
+A training step is the trainer's own (`causalgr.training.step.train_step`: forward, the
+task-weighted ranking loss on every position, backward, gradient clipping, AdamW with the
+trainer's weight-decay groups and lr schedule); an inference step is a `no_grad` forward.
+
+Peak memory is measured for each case in a fresh subprocess, for one training step after one
+warm-up step:
 - CUDA: `torch.cuda.max_memory_allocated()` minus the allocation before the step.
 - CPU: the process's peak resident set (Linux `VmHWM`, reset through `/proc/self/clear_refs`)
   minus the resident set before the step, with glibc told to serve every allocation above
@@ -28,19 +33,20 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
-import typer
 
 from causalgr.batch import Batch
-from causalgr.models import BACKBONES, FORMULATIONS, ModelConfig, build_model
+from causalgr.models import BASELINE, ModelConfig, build_model
+from causalgr.training.config import OptimSection
+from causalgr.training.step import Optimizer, train_step
 
-TASKS = ("like", "love", "dislike")
-NUM_ITEMS = 2000
+# ModelConfig's defaults on the random batch's vocabulary: items 1..2000, three tasks, ratings 1..5.
+MODEL = ModelConfig(num_items=2000, tasks=("like", "love", "dislike"), num_action_values=6)
 MEMORY_METHOD = {
     "cuda": "torch.cuda.max_memory_allocated during one training step, minus the allocation before it",
     "cpu": "peak RSS (VmHWM after resetting it via /proc/self/clear_refs) during one training step minus the RSS "
@@ -48,22 +54,21 @@ MEMORY_METHOD = {
 }
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Case:
-    """One benchmarked model: a formulation on a backbone at one sequence length."""
+    """One benchmarked model and how it is run. The histories are full length, so the sequence
+    length is the model's `max_len`; everything else about the model is in `model`."""
 
-    formulation: str
-    backbone: str
-    length: int
-    dim: int = 64
-    layers: int = 2
-    heads: int = 2
+    model: ModelConfig = MODEL
     batch_events: int = 8192
     device: str = "cpu"
-    attention: str = "auto"
     compile: bool = False
     bf16: bool = False
     threads: int | None = None  # CPU threads for torch; None = torch's default
+
+    @property
+    def length(self) -> int:
+        return self.model.max_len
 
     @property
     def batch_size(self) -> int:
@@ -73,31 +78,41 @@ class Case:
     def events_per_step(self) -> int:
         return self.batch_size * self.length
 
+    def with_model(self, **settings) -> Case:
+        """This case with some model settings changed, e.g. `with_model(formulation="lfa", max_len=512)`."""
+        return replace(self, model=replace(self.model, **settings))
+
+    def to_dict(self) -> dict:
+        """JSON-able; `Case.from_dict` rebuilds it (the memory subprocess gets it this way)."""
+        return {**asdict(self), "model": self.model.to_dict()}
+
+    @classmethod
+    def from_dict(cls, settings: dict) -> Case:
+        return cls(**{**settings, "model": ModelConfig(**settings["model"])})
+
 
 def make_batch(case: Case, seed: int = 0) -> Batch:
-    """Full-length random histories: [batch_size, length] events with three tasks and ratings."""
+    """Full-length random histories: [batch_size, length] events, every one carrying loss."""
     gen = torch.Generator().manual_seed(seed)
-    B, N = case.batch_size, case.length
+    B, N, model = case.batch_size, case.length, case.model
     batch = Batch(
-        items=torch.randint(1, NUM_ITEMS + 1, (B, N), generator=gen),
-        labels=(torch.rand(B, N, len(TASKS), generator=gen) < 0.3).float(),
-        action_values=torch.randint(1, 6, (B, N), generator=gen),
+        items=torch.randint(1, model.num_items + 1, (B, N), generator=gen),
+        labels=(torch.rand(B, N, len(model.tasks), generator=gen) < 0.3).float(),  # [B, N, T]
+        action_values=torch.randint(1, model.num_action_values, (B, N), generator=gen) if model.num_action_values else None,
         timestamps=torch.cumsum(torch.randint(0, 86_400, (B, N), generator=gen), dim=1),
         lengths=torch.full((B,), N),
+        loss_mask=torch.ones(B, N, dtype=torch.bool),
     )
     return batch.to(case.device)
 
 
-def make_model(case: Case) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+def make_model(case: Case, total_steps: int) -> tuple[torch.nn.Module, Optimizer]:
+    """The case's model (compiled if asked) and the trainer's optimizer, its schedule planned over `total_steps`."""
     if case.threads is not None:
         torch.set_num_threads(case.threads)
     torch.manual_seed(0)
-    config = ModelConfig(
-        formulation=case.formulation, backbone=case.backbone, num_items=NUM_ITEMS, tasks=TASKS, dim=case.dim,
-        layers=case.layers, heads=case.heads, max_len=case.length, num_action_values=6, attention=case.attention,
-    )
-    model = build_model(config).to(case.device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model = build_model(case.model).to(case.device)
+    optimizer = Optimizer(model, OptimSection(), total_steps)
     return (torch.compile(model) if case.compile else model), optimizer
 
 
@@ -105,16 +120,14 @@ def _autocast(case: Case):
     return torch.autocast(torch.device(case.device).type, dtype=torch.bfloat16) if case.bf16 else nullcontext()
 
 
-def train_step(case: Case, model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: Batch) -> None:
+def training_step(case: Case, model: torch.nn.Module, optimizer: Optimizer, batch: Batch) -> None:
+    """The trainer's step, with every task weighted 1, under bf16 autocast if the case asks."""
     model.train()
     with _autocast(case):
-        loss = F.binary_cross_entropy_with_logits(model(batch).float(), batch.labels)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
+        train_step(model, optimizer, batch, [1.0] * len(case.model.tasks))
 
 
-def infer_step(case: Case, model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: Batch) -> None:
+def inference_step(case: Case, model: torch.nn.Module, optimizer: Optimizer, batch: Batch) -> None:
     model.eval()
     with torch.no_grad(), _autocast(case):
         model(batch)
@@ -133,9 +146,9 @@ def _timed(case: Case, step, *args) -> float:
 def time_cases(cases: list[Case], warmup: int, repeats: int) -> dict[Case, dict[str, list[float]]]:
     """Step seconds per case, the cases of one length taken in turns (one step each per round)."""
     batch = make_batch(cases[0])
-    built = {case: make_model(case) for case in cases}
+    built = {case: make_model(case, total_steps=warmup + repeats) for case in cases}
     seconds = {case: {"train": [], "infer": []} for case in cases}
-    for kind, step in (("train", train_step), ("infer", infer_step)):
+    for kind, step in (("train", training_step), ("infer", inference_step)):
         for case, (model, optimizer) in built.items():
             for _ in range(warmup):
                 step(case, model, optimizer, batch)
@@ -154,19 +167,19 @@ def _read_status_kib(field: str) -> int:
 
 def measure_peak_memory(case: Case) -> int:
     """Peak bytes one training step adds (see the module docstring); run it in a fresh process."""
-    model, optimizer = make_model(case)
+    model, optimizer = make_model(case, total_steps=2)
     batch = make_batch(case)
-    train_step(case, model, optimizer, batch)  # warm-up: optimizer state, lazy initialisation, compilation
+    training_step(case, model, optimizer, batch)  # warm-up: optimizer state, lazy initialisation, compilation
     if case.device.startswith("cuda"):
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         before = torch.cuda.memory_allocated()
-        train_step(case, model, optimizer, batch)
+        training_step(case, model, optimizer, batch)
         torch.cuda.synchronize()
         return torch.cuda.max_memory_allocated() - before
     Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current resident set
     before = _read_status_kib("VmRSS")
-    train_step(case, model, optimizer, batch)
+    training_step(case, model, optimizer, batch)
     return (_read_status_kib("VmHWM") - before) * 1024
 
 
@@ -175,9 +188,9 @@ def peak_memory_in_subprocess(case: Case) -> int | None:
     if not case.device.startswith("cuda") and not Path("/proc/self/clear_refs").exists():
         return None
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
-    code = "import json, sys; from causalgr.bench import _memory_main; _memory_main(sys.argv[1])"
+    code = "import sys; from causalgr.bench import _memory_main; _memory_main(sys.argv[1])"
     done = subprocess.run(
-        [sys.executable, "-c", code, json.dumps(asdict(case))], env=env, capture_output=True, text=True, check=False
+        [sys.executable, "-c", code, json.dumps(case.to_dict())], env=env, capture_output=True, text=True, check=False
     )
     if done.returncode != 0:
         raise RuntimeError(f"memory measurement failed for {case}:\n{done.stderr[-2000:]}")
@@ -185,7 +198,7 @@ def peak_memory_in_subprocess(case: Case) -> int | None:
 
 
 def _memory_main(case_json: str) -> None:
-    print(measure_peak_memory(Case(**json.loads(case_json))))
+    print(measure_peak_memory(Case.from_dict(json.loads(case_json))))
 
 
 def device_description(device: str) -> str:
@@ -201,18 +214,22 @@ def device_description(device: str) -> str:
 
 def run_bench(
     formulations: list[str], backbones: list[str], lengths: list[int], template: Case,
-    warmup: int = 2, repeats: int = 5, memory: bool = True, progress=None,
+    warmup: int = 2, repeats: int = 5, memory: bool = True, progress: Callable[[dict], None] | None = None,
 ) -> dict:
-    """The bench as a dict: `device`, `settings`, `memory_method` and one row per formulation × backbone × length."""
+    """The bench as a dict: `device`, `settings`, `memory_method` and one row per formulation × backbone × length.
+
+    Each case is `template` with the row's formulation, backbone and length (`max_len`);
+    `progress`, if given, is called with each row as it is measured.
+    """
     rows = []
     for backbone in backbones:
         for length in lengths:
-            cases = [replace(template, formulation=f, backbone=backbone, length=length) for f in formulations]
+            cases = [template.with_model(formulation=f, backbone=backbone, max_len=length) for f in formulations]
             seconds = time_cases(cases, warmup, repeats)
             for case in cases:
                 train, infer = statistics.median(seconds[case]["train"]), statistics.median(seconds[case]["infer"])
                 rows.append({
-                    "formulation": case.formulation, "backbone": backbone, "length": length,
+                    "formulation": case.model.formulation, "backbone": backbone, "length": length,
                     "batch_size": case.batch_size, "events_per_step": case.events_per_step,
                     "train_events_per_second": case.events_per_step / train,
                     "infer_events_per_second": case.events_per_step / infer,
@@ -221,61 +238,51 @@ def run_bench(
                 })
                 if progress is not None:
                     progress(rows[-1])
-    _add_ratios(rows)
-    device_type = torch.device(template.device).type
+    add_ratios(rows)
+    settings = template.to_dict()
+    model = {k: v for k, v in settings.pop("model").items() if k not in ("formulation", "backbone", "max_len")}
     return {
         "device": device_description(template.device),
-        "settings": {**{k: v for k, v in asdict(template).items() if k not in ("formulation", "backbone", "length")},
-                     "warmup": warmup, "repeats": repeats, "statistic": "median step time"},
-        "memory_method": MEMORY_METHOD[device_type] if memory else None,
+        "settings": {**model, **settings, "warmup": warmup, "repeats": repeats, "statistic": "median step time"},
+        "memory_method": MEMORY_METHOD[torch.device(template.device).type] if memory else None,
         "rows": rows,
     }
 
 
-def _add_ratios(rows: list[dict]) -> None:
-    """Each row's train / infer throughput and memory relative to `interleaved` at the same backbone and length."""
-    baseline = {(r["backbone"], r["length"]): r for r in rows if r["formulation"] == "interleaved"}
+def add_ratios(rows: list[dict]) -> None:
+    """Each row's train / infer throughput and memory relative to `BASELINE`'s row at the same
+    backbone and length (None where there is no such row or no memory figure)."""
+    baseline = {(r["backbone"], r["length"]): r for r in rows if r["formulation"] == BASELINE}
     for row in rows:
         base = baseline.get((row["backbone"], row["length"]))
         for kind in ("train", "infer"):
             ratio = None if base is None else row[f"{kind}_events_per_second"] / base[f"{kind}_events_per_second"]
-            row[f"{kind}_speedup_vs_interleaved"] = ratio
+            row[f"{kind}_speedup_vs_{BASELINE}"] = ratio
         has_memory = base is not None and row["peak_memory_bytes"] and base["peak_memory_bytes"]
-        row["memory_vs_interleaved"] = row["peak_memory_bytes"] / base["peak_memory_bytes"] if has_memory else None
+        row[f"memory_vs_{BASELINE}"] = row["peak_memory_bytes"] / base["peak_memory_bytes"] if has_memory else None
 
 
-COLUMNS = ("backbone", "length", "formulation", "train ev/s", "vs il.", "infer ev/s", "vs il.", "peak MiB", "vs il.")
+VS = f"vs {BASELINE}"
+COLUMNS = ("backbone", "length", "formulation", "train ev/s", VS, "infer ev/s", VS, "peak MiB", VS)
 
 
 def table_rows(result: dict) -> list[list[str]]:
     """The cells of the result table, one list per row, in COLUMNS order."""
-    ratio = lambda x: "" if x is None else f"{x:.2f}×"  # noqa: E731
+    ratio = lambda x: "" if x is None else f"{x:.2f}×"
     rows = []
     for r in result["rows"]:
         memory = r["peak_memory_bytes"]
         rows.append([
             r["backbone"], str(r["length"]), r["formulation"],
-            f"{r['train_events_per_second']:,.0f}", ratio(r["train_speedup_vs_interleaved"]),
-            f"{r['infer_events_per_second']:,.0f}", ratio(r["infer_speedup_vs_interleaved"]),
-            "" if memory is None else f"{memory / 2**20:,.1f}", ratio(r["memory_vs_interleaved"]),
+            f"{r['train_events_per_second']:,.0f}", ratio(r[f"train_speedup_vs_{BASELINE}"]),
+            f"{r['infer_events_per_second']:,.0f}", ratio(r[f"infer_speedup_vs_{BASELINE}"]),
+            "" if memory is None else f"{memory / 2**20:,.1f}", ratio(r[f"memory_vs_{BASELINE}"]),
         ])
     return rows
 
 
-def print_table(result: dict) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=f"causalgr bench — {result['device']}")
-    for name in COLUMNS:
-        table.add_column(name, justify="left" if name in ("backbone", "formulation") else "right")
-    for row in table_rows(result):
-        table.add_row(*row)
-    Console(width=max(Console().width, 120)).print(table)
-
-
 def markdown_table(result: dict) -> str:
-    """The same table in Markdown, as docs/benchmarks.md shows it."""
+    """The result table in Markdown, as docs/benchmarks.md shows it."""
     align = ["---" if name in ("backbone", "formulation") else "---:" for name in COLUMNS]
     lines = [f"device: {result['device']}", "", "| " + " | ".join(COLUMNS) + " |", "|" + "|".join(align) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in table_rows(result)]
@@ -304,50 +311,3 @@ def plot_throughput(result: dict, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
-
-
-def _split(value: str, allowed: tuple[str, ...] | None = None, kind=str) -> list:
-    items = [kind(v.strip()) for v in value.split(",") if v.strip()]
-    bad = [v for v in items if allowed is not None and v not in allowed]
-    if not items or bad:
-        raise typer.BadParameter(f"expected a comma-separated list of {allowed or kind.__name__}, got {value!r}")
-    return items
-
-
-def bench_command(
-    formulations: str = typer.Option(",".join(FORMULATIONS), help="Comma-separated formulations."),
-    backbone: str = typer.Option("hstu", help="Backbone, or a comma-separated list of them."),
-    lengths: str = typer.Option("128,512,2048", help="Comma-separated sequence lengths in events."),
-    dim: int = 64,
-    layers: int = 2,
-    heads: int = 2,
-    batch_events: int = typer.Option(8192, help="Events per batch; batch size = batch_events // length."),
-    repeats: int = typer.Option(5, help="Timed steps per case (the median is reported)."),
-    warmup: int = typer.Option(2, help="Untimed steps per case before timing."),
-    device: str = typer.Option("auto", help="auto (cuda if available), cpu or cuda[:i]."),
-    attention: str = typer.Option("auto", help="auto (fast kernels) or reference (materialised masks)."),
-    out: Path = typer.Option(..., help="JSON file to write."),
-    plot: Path | None = typer.Option(None, help="PNG plot of throughput against length."),
-    compile: bool = typer.Option(False, "--compile", help="torch.compile every model."),
-    bf16: bool = typer.Option(False, "--bf16", help="bfloat16 autocast in forward and loss."),
-    memory: bool = typer.Option(True, "--memory/--no-memory", help="Measure peak training memory (subprocess per case)."),
-    threads: int | None = typer.Option(None, help="CPU threads for torch (default: torch's choice)."),
-) -> None:
-    """Training and inference events/s and peak training memory, per formulation × backbone × length."""
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
-    template = Case("interleaved", "hstu", 1, dim=dim, layers=layers, heads=heads, batch_events=batch_events,
-                    device=device, attention=attention, compile=compile, bf16=bf16, threads=threads)
-    if threads is not None:
-        torch.set_num_threads(threads)
-    result = run_bench(
-        _split(formulations, FORMULATIONS), _split(backbone, BACKBONES), _split(lengths, kind=int), template,
-        warmup=warmup, repeats=repeats, memory=memory,
-        progress=lambda r: typer.echo(
-            f"{r['backbone']} L={r['length']} {r['formulation']}: train {r['train_events_per_second']:,.0f} ev/s", err=True
-        ),
-    )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
-    print_table(result)
-    if plot is not None:
-        plot_throughput(result, plot)

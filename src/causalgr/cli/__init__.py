@@ -9,7 +9,7 @@ from typing import List, Optional
 
 import typer
 
-from causalgr.bench import bench_command
+from causalgr.cli.bench import bench_command
 from causalgr.cli.data import app as data_app
 from causalgr.cli.serve import register as register_serving
 from causalgr.cli.train import register as register_training
