@@ -21,7 +21,8 @@ import numpy as np
 import polars as pl
 
 from causalgr.data.events import EventTable
-from causalgr.data.sequences import PrepareSettings, format_stats, prepare
+from causalgr.cli.data import format_stats
+from causalgr.data.sequences import PrepareSettings, prepare
 
 
 def peak_rss_bytes() -> int:
