@@ -1,6 +1,9 @@
-"""The causal invariant (DESIGN.md §1) for every formulation × backbone, property-based.
+"""The causal invariant (DESIGN.md §1) for every formulation × backbone × engine, property-based.
 
-Logits at position n may depend on items and times up to n and on actions before n only.
+Logits at position n may depend on the items and timestamps at positions ≤ n and on the actions
+(task labels and action values) at positions < n only. Each input is changed on its own, so a
+model that reads one of them wrongly, or ignores one of them, fails here; every test runs with
+and without action values.
 """
 
 from __future__ import annotations
@@ -14,11 +17,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from causalgr.models import BACKBONES, FORMULATIONS
-from model_helpers import NUM_ITEMS, NUM_VALUES, make_model, pad_batch, random_batch
+from model_helpers import NUM_VALUES, later_changes, make_model, other_value, pad_batch, random_batch, row, shared_model
 
-CASES = list(itertools.product(FORMULATIONS, BACKBONES))
-ATOL = 1e-5
-FAST = settings(max_examples=12, deadline=None)
+ENGINES = ("auto", "reference")  # the fast engine and the readable one; both exist on every backbone
+CASES = list(itertools.product(FORMULATIONS, BACKBONES, ENGINES))
+WITH_VALUES = pytest.mark.parametrize("with_values", [True, False], ids=["values", "no-values"])
+ATOL = 1e-5  # fast engines reorder float32 sums; a real dependence moves logits far more
+CHANGED = 1e-6  # a model that ignores an input computes bit-identical logits
+FAST = settings(max_examples=8, deadline=None)
 
 
 @st.composite
@@ -30,105 +36,136 @@ def histories(draw, min_len: int = 1):
     return lengths, num_tasks, draw(st.integers(0, 2**16)), n
 
 
-def change_from(batch, n: int, seed: int):
-    """Row 0 with a_n, action values from n on, and items and times after n all redrawn."""
-    gen = torch.Generator().manual_seed(seed + 1)
-    items, labels = batch.items.clone(), batch.labels.clone()
-    values, times = batch.action_values.clone(), batch.timestamps.clone()
-    length = int(batch.lengths[0])
-    labels[0, n:length] = 1.0 - labels[0, n:length]  # every action from n on flips
-    values[0, n:length] = torch.randint(1, NUM_VALUES, (length - n,), generator=gen)
-    items[0, n + 1 : length] = torch.randint(1, NUM_ITEMS + 1, (length - n - 1,), generator=gen)
-    times[0, n + 1 : length] = times[0, n + 1 : length] + torch.randint(1, 10**6, (length - n - 1,), generator=gen)
-    return replace(batch, items=items, labels=labels, action_values=values, timestamps=times)
+def model_and_batch(formulation, backbone, engine, with_values, lengths, num_tasks, seed, **overrides):
+    """A random model and batch; the model has an action-value embedding only if the data has values."""
+    model = shared_model(
+        formulation, backbone, num_tasks, engine, num_action_values=NUM_VALUES if with_values else 0, **overrides
+    )
+    return model, random_batch(lengths, num_tasks, seed, with_values)
 
 
-@pytest.mark.parametrize("formulation,backbone", CASES)
+def assert_same(before: torch.Tensor, after: torch.Tensor, what: str) -> None:
+    torch.testing.assert_close(after, before, atol=ATOL, rtol=0, msg=lambda detail: f"{what}\n{detail}")
+
+
+def assert_moves(before: torch.Tensor, after: torch.Tensor, what: str) -> None:
+    assert (after - before).abs().max() > CHANGED, f"{what} left the logits unchanged"
+
+
+@pytest.mark.parametrize("formulation,backbone,engine", CASES)
+@WITH_VALUES
 @FAST
 @given(case=histories())
-def test_future_and_current_action_do_not_reach_position_n(formulation, backbone, case):
+def test_later_inputs_do_not_reach_position_n(formulation, backbone, engine, with_values, case):
+    """Changing only a_n.. (labels), only the action values from n on, only the items after n or
+    only the timestamps after n leaves the logits at positions ≤ n, and of every other row, unchanged.
+
+    Each change does move the logits after n, so the check cannot pass by changing nothing.
+    """
     lengths, num_tasks, seed, n = case
-    model = make_model(formulation, backbone, num_tasks)
-    batch = random_batch(lengths, num_tasks, seed)
+    model, batch = model_and_batch(formulation, backbone, engine, with_values, lengths, num_tasks, seed)
     with torch.no_grad():
-        before, after = model(batch), model(change_from(batch, n, seed))
-    torch.testing.assert_close(after[0, : n + 1], before[0, : n + 1], atol=ATOL, rtol=0)
-    torch.testing.assert_close(after[1:], before[1:], atol=ATOL, rtol=0)  # other rows untouched
+        before = model(batch)
+        for what, changed in later_changes(batch, n, seed).items():
+            after = model(changed)
+            assert_same(before[0, : n + 1], after[0, : n + 1], f"changing the {what} reached positions <= {n}")
+            assert_same(before[1:], after[1:], f"changing the {what} of row 0 reached other rows")
+            if n + 1 < lengths[0]:
+                assert_moves(before[0, n + 1 : lengths[0]], after[0, n + 1 : lengths[0]], f"changing the {what}")
 
 
-@pytest.mark.parametrize("formulation,backbone", CASES)
+@st.composite
+def earlier_position(draw):
+    """(lengths, num_tasks, seed, j, task): row 0 has events after position j; `task` is one of its labels."""
+    lengths, num_tasks, seed, _ = draw(histories(min_len=2))
+    return lengths, num_tasks, seed, draw(st.integers(0, lengths[0] - 2)), draw(st.integers(0, num_tasks - 1))
+
+
+@pytest.mark.parametrize("formulation,backbone,engine", CASES)
+@WITH_VALUES
 @FAST
-@given(case=histories(min_len=2))
-def test_earlier_actions_reach_position_n(formulation, backbone, case):
-    lengths, num_tasks, seed, n = case
-    n = max(n, 1)
-    model = make_model(formulation, backbone, num_tasks)
-    batch = random_batch(lengths, num_tasks, seed)
-    labels, values = batch.labels.clone(), batch.action_values.clone()
-    labels[0, :n] = 1.0 - labels[0, :n]
-    values[0, :n] = values[0, :n] % (NUM_VALUES - 1) + 1  # a different rating everywhere before n
+@given(case=earlier_position())
+def test_earlier_label_reaches_later_positions(formulation, backbone, engine, with_values, case):
+    """Flipping one task bit of a_j, nothing else, changes the logits at every position after j."""
+    lengths, num_tasks, seed, j, task = case
+    model, batch = model_and_batch(formulation, backbone, engine, with_values, lengths, num_tasks, seed)
+    labels = batch.labels.clone()
+    labels[0, j, task] = 1.0 - labels[0, j, task]
     with torch.no_grad():
-        before = model(batch)[0, n]
-        after = model(replace(batch, labels=labels, action_values=values))[0, n]
-    # A model that ignores actions computes bit-identical logits; float32 noise is far below 1e-6.
-    assert (after - before).abs().max() > 1e-6, "logits at n ignore the actions before n"
+        before, after = model(batch)[0], model(replace(batch, labels=labels))[0]
+    for n in range(j + 1, lengths[0]):
+        assert_moves(before[n], after[n], f"flipping label {task} at position {j} (logits at {n})")
 
 
-@pytest.mark.parametrize("formulation,backbone", CASES)
+@pytest.mark.parametrize("formulation,backbone,engine", CASES)
 @FAST
-@given(case=histories(), extra=st.integers(1, 6))
-def test_padding_changes_nothing(formulation, backbone, case, extra):
+@given(case=earlier_position())
+def test_earlier_action_value_reaches_later_positions(formulation, backbone, engine, case):
+    """Changing the action value at j, nothing else, changes the logits at every position after j."""
+    lengths, num_tasks, seed, j, _ = case
+    model, batch = model_and_batch(formulation, backbone, engine, True, lengths, num_tasks, seed)
+    values = batch.action_values.clone()
+    values[0, j] = other_value(values[0, j])
+    with torch.no_grad():
+        before, after = model(batch)[0], model(replace(batch, action_values=values))[0]
+    for n in range(j + 1, lengths[0]):
+        assert_moves(before[n], after[n], f"changing the action value at position {j} (logits at {n})")
+
+
+@pytest.mark.parametrize("formulation,backbone", list(itertools.product(FORMULATIONS, BACKBONES)))
+@FAST
+@given(case=histories(), with_values=st.booleans(), extra=st.integers(1, 6))
+def test_padding_changes_nothing(formulation, backbone, case, with_values, extra):
+    """More padding on the right leaves the logits at valid positions unchanged."""
     lengths, num_tasks, seed, _ = case
-    model = make_model(formulation, backbone, num_tasks)
-    batch = random_batch(lengths, num_tasks, seed)
-    padded = pad_batch(batch, extra)
+    model, batch = model_and_batch(formulation, backbone, "auto", with_values, lengths, num_tasks, seed)
     with torch.no_grad():
-        out, out_padded = model(batch), model(padded)
+        out, out_padded = model(batch), model(pad_batch(batch, extra))
     valid = batch.valid_mask
-    torch.testing.assert_close(out_padded[:, : batch.items.shape[1]][valid], out[valid], atol=ATOL, rtol=0)
+    assert_same(
+        out[valid], out_padded[:, : batch.items.shape[1]][valid], f"{extra} more padding positions changed the logits"
+    )
 
 
-@pytest.mark.parametrize("formulation,backbone", CASES)
+@pytest.mark.parametrize("formulation,backbone", list(itertools.product(FORMULATIONS, BACKBONES)))
 @FAST
-@given(case=histories())
-def test_batch_equals_one_by_one(formulation, backbone, case):
+@given(case=histories(), with_values=st.booleans())
+def test_batch_equals_one_by_one(formulation, backbone, case, with_values):
+    """Each row's logits are the same in a batch as alone: rows never see each other."""
     lengths, num_tasks, seed, _ = case
-    model = make_model(formulation, backbone, num_tasks)
-    batch = random_batch(lengths, num_tasks, seed)
+    model, batch = model_and_batch(formulation, backbone, "auto", with_values, lengths, num_tasks, seed)
     with torch.no_grad():
         together = model(batch)
         for b, length in enumerate(lengths):
-            row = replace(
-                batch,
-                items=batch.items[b : b + 1, :length],
-                labels=batch.labels[b : b + 1, :length],
-                action_values=batch.action_values[b : b + 1, :length],
-                timestamps=batch.timestamps[b : b + 1, :length],
-                lengths=batch.lengths[b : b + 1],
+            assert_same(
+                together[b, :length], model(row(batch, b))[0], f"row {b} alone differs from row {b} in the batch"
             )
-            torch.testing.assert_close(model(row)[0], together[b, :length], atol=ATOL, rtol=0)
 
 
-@pytest.mark.parametrize("formulation,backbone", CASES)
+@pytest.mark.parametrize("formulation,backbone", list(itertools.product(FORMULATIONS, BACKBONES)))
 @FAST
-@given(case=histories())
-def test_fast_path_equals_reference(formulation, backbone, case):
+@given(case=histories(), with_values=st.booleans())
+def test_fast_path_equals_reference(formulation, backbone, case, with_values):
+    """The fast engine computes the reference engine's logits (same weights)."""
     lengths, num_tasks, seed, _ = case
-    fast = make_model(formulation, backbone, num_tasks)
-    reference = make_model(formulation, backbone, num_tasks, attention="reference")
+    fast, batch = model_and_batch(formulation, backbone, "auto", with_values, lengths, num_tasks, seed)
+    reference = make_model(
+        formulation, backbone, num_tasks, "reference", num_action_values=fast.config.num_action_values
+    )
     reference.load_state_dict(fast.state_dict())
-    batch = random_batch(lengths, num_tasks, seed)
     with torch.no_grad():
         valid = batch.valid_mask
-        torch.testing.assert_close(fast(batch)[valid], reference(batch)[valid], atol=ATOL, rtol=0)
+        assert_same(reference(batch)[valid], fast(batch)[valid], "the fast engine differs from the reference")
 
 
 @pytest.mark.parametrize("backbone", BACKBONES)
-def test_mvp_without_pool_readout_still_causal(backbone):
+@pytest.mark.parametrize("engine", ENGINES)
+def test_mvp_without_pool_readout_still_causal(backbone, engine):
     """The pure per-layer mvp variant (no pooling readout) keeps the invariant on its own."""
-    model = make_model("mvp", backbone, 2, mvp_pool_readout=False)
-    batch = random_batch([9, 4], 2, seed=3)
+    model, batch = model_and_batch("mvp", backbone, engine, True, [9, 4], 2, seed=3, mvp_pool_readout=False)
     with torch.no_grad():
-        before, after = model(batch), model(change_from(batch, 4, seed=3))
-    torch.testing.assert_close(after[0, :5], before[0, :5], atol=ATOL, rtol=0)
-    assert (after[0, 5:9] - before[0, 5:9]).abs().max() > 1e-6
+        before = model(batch)
+        for what, changed in later_changes(batch, 4, seed=3).items():
+            after = model(changed)
+            assert_same(before[0, :5], after[0, :5], f"changing the {what} reached positions <= 4")
+            assert_moves(before[0, 5:9], after[0, 5:9], f"changing the {what}")
