@@ -219,7 +219,9 @@ def check_target_aware_triton() -> None:
     (q, k, v, _), tables = make_inputs(2, 2, 2 * N, 8, seed=1, dtype=torch.float32, device=device)
     tables = tables._replace(timestamps=tables.timestamps[:, :N])  # the twins of event n share t_n
     leaves = [q, k, v, tables.position, tables.time]
-    fast, fast_grads = values_and_grads(lambda: target_aware_pointwise_attention(q, k, v, tables, engine="triton"), leaves)
+    fast, fast_grads = values_and_grads(
+        lambda: target_aware_pointwise_attention(q, k, v, tables, engine="triton"), leaves
+    )
     ref, ref_grads = values_and_grads(
         lambda: target_aware_pointwise_attention(q, k, v, tables, engine="reference"), leaves
     )
