@@ -7,7 +7,13 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from causalgr.models.attention import pointwise_attention, softmax_attention, strict_pooling
+from causalgr.models.attention import (
+    pointwise_attention,
+    softmax_attention,
+    strict_pooling,
+    target_aware_pointwise_attention,
+    target_aware_softmax_attention,
+)
 from causalgr.models.kernels import BiasTables, softmax_diagonal
 
 shapes = st.tuples(st.integers(1, 3), st.integers(1, 3), st.integers(1, 40), st.sampled_from([4, 8]))
@@ -64,6 +70,33 @@ def test_pointwise_attention(shape, seed, variant):
         bias = BiasTables(position, time, tables.timestamps)
         return pointwise_attention(q, k, v, bias, u, strict=variant == "strict", engine=engine)
 
+    _assert_same(attention, lambda *x: attention(*x, engine="reference"), inputs)
+
+
+@settings(max_examples=25, deadline=None)
+@given(shape=shapes, seed=st.integers(0, 1000))
+def test_target_aware_softmax_attention(shape, seed):
+    """summed's [history; targets] softmax: the shifted call with the own-key slot equals the 2N × 2N mask."""
+    B, H, N, d = shape
+    _assert_same(
+        lambda *x: target_aware_softmax_attention(*x),
+        lambda *x: target_aware_softmax_attention(*x, engine="reference"),
+        _leaves(*[(B, H, 2 * N, d)] * 3, seed=seed),
+    )
+
+
+@settings(max_examples=25, deadline=None)
+@given(shape=shapes, seed=st.integers(0, 1000))
+def test_target_aware_pointwise_attention(shape, seed):
+    """summed's [history; targets] HSTU attention: causal + strict kernels plus the own term equal
+    the 2N × 2N mask, with the twins of event n at position n and time t_n in the reference's bias."""
+    B, H, N, d = shape
+    tables = random_tables(B, H, N, seed)
+
+    def attention(q, k, v, position, time, engine="auto"):
+        return target_aware_pointwise_attention(q, k, v, BiasTables(position, time, tables.timestamps), engine=engine)
+
+    inputs = _leaves(*[(B, H, 2 * N, d)] * 3, seed=seed) + [tables.position, tables.time]
     _assert_same(attention, lambda *x: attention(*x, engine="reference"), inputs)
 
 

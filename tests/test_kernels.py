@@ -14,8 +14,13 @@ from hypothesis import strategies as st
 from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from causalgr.models.attention import pointwise_attention, softmax_attention
-from causalgr.models.kernels import BiasTables, default_engine, fast_pointwise_attention, triton_available
+from causalgr.models.attention import (
+    pointwise_attention,
+    softmax_attention,
+    target_aware_pointwise_attention,
+    target_aware_softmax_attention,
+)
+from causalgr.models.kernels import BiasTables, blocked, default_engine, fast_pointwise_attention, triton_available
 from causalgr.models.kernels.bias import bucket_edges, time_buckets
 from causalgr.models.timegaps import log_bucket
 
@@ -157,6 +162,21 @@ def test_softmax_fast_path_never_builds_an_l_by_l_tensor(mvp):
     assert seen.largest <= 256 * L, f"an op returned {seen.largest} elements (L² = {L * L})"
 
 
+def test_target_aware_fast_paths_never_build_an_n_by_n_tensor(monkeypatch):
+    """summed's 2N tokens: the HSTU path (causal + strict blocked kernels, 32 query rows a block) stays
+    at block × N, the softmax path (two SDPA calls) at its [B, H, 2N, dh] inputs; forward and backward."""
+    N, block = 512, 32
+    monkeypatch.setattr(blocked, "SLAB_ELEMENTS", block * N)  # one [1, 1, 32, N] slab per block
+    (q, k, v, _), tables = make_inputs(1, 1, 2 * N, 8, seed=0, dtype=torch.float32)
+    tables = tables._replace(timestamps=tables.timestamps[:, :N])  # the twins of event n share t_n
+    with LargestTensor() as seen:
+        target_aware_pointwise_attention(q, k, v, tables).sum().backward()
+    assert seen.largest <= block * N, f"an op returned {seen.largest} elements (N² = {N * N})"
+    with LargestTensor() as seen:
+        target_aware_softmax_attention(q, k, v).sum().backward()
+    assert seen.largest <= 2 * N * 16, f"an op returned {seen.largest} elements (N² = {N * N})"
+
+
 def test_auto_selects_blocked_on_cpu():
     assert default_engine(torch.device("cpu")) == "blocked"
 
@@ -191,18 +211,46 @@ def check_triton(variant: str) -> None:
         assert fwd.called and bwd.called, "fast_pointwise_attention no longer calls the patched kernels"
 
 
-@needs_triton
-@pytest.mark.parametrize("variant", VARIANTS)
-def test_triton_kernel_equals_reference(variant):
-    """On CUDA the compiled kernel; on CPU Triton's interpreter, which must be switched on before
-    triton is first imported — so in a fresh interpreter (this process imported it already)."""
+def check_target_aware_triton() -> None:
+    """summed's HSTU attention on the Triton engine (its causal and strict kernels, plus the own
+    term) matches the reference: values and the gradients of q, k, v and both bias tables."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    N = 37
+    (q, k, v, _), tables = make_inputs(2, 2, 2 * N, 8, seed=1, dtype=torch.float32, device=device)
+    tables = tables._replace(timestamps=tables.timestamps[:, :N])  # the twins of event n share t_n
+    leaves = [q, k, v, tables.position, tables.time]
+    fast, fast_grads = values_and_grads(
+        lambda: target_aware_pointwise_attention(q, k, v, tables, engine="triton"), leaves
+    )
+    ref, ref_grads = values_and_grads(
+        lambda: target_aware_pointwise_attention(q, k, v, tables, engine="reference"), leaves
+    )
+    for name, a, b in zip(["out", "q", "k", "v", "position", "time"], [fast, *fast_grads], [ref, *ref_grads]):
+        torch.testing.assert_close(a, b, atol=2e-5, rtol=2e-5, msg=lambda m: f"{name}: {m}")
+
+
+def in_triton(check: str, *args) -> None:
+    """Run the function `check` of this module: on CUDA the compiled kernels here; on CPU Triton's
+    interpreter, which must be switched on before triton is first imported — so in a fresh
+    interpreter (this process imported it already)."""
     if torch.cuda.is_available():
-        check_triton(variant)
+        globals()[check](*args)
         return
-    code = f"import test_kernels; test_kernels.check_triton({variant!r})"
+    code = f"import test_kernels; test_kernels.{check}(*{args!r})"
     env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), *sys.path])}
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
+
+
+@needs_triton
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_triton_kernel_equals_reference(variant):
+    in_triton("check_triton", variant)
+
+
+@needs_triton
+def test_triton_target_aware_equals_reference():
+    in_triton("check_target_aware_triton")
 
 
 @needs_cuda

@@ -1,10 +1,12 @@
 """The attention kernels every formulation is built from, each with its plain reference.
 
-Three masks appear in causalgr (positions are 0-based, n = query, j = key):
+Four masks appear in causalgr (positions are 0-based, n = query, j = key):
 
 - causal   — j ≤ n: the item encoder.
 - strict   — j < n: anything that reads actions, since a_n must never reach position n.
 - mvp      — values v_j for j ≤ n plus action values u_j for j < n, in one attention.
+- target-aware — `summed`'s 2N tokens, N history tokens then N target tokens: history n sees
+             history j ≤ n; target n sees history j < n and itself, never another target.
 
 Each kernel takes the attention engine (`ModelConfig.attention`): "reference" is the readable
 version that materialises its masks; every other engine is an efficient one (SDPA's causal flag, the shift trick, the diagonal
@@ -34,6 +36,15 @@ def strict_mask(length: int, device: torch.device) -> torch.Tensor:
     return torch.ones(length, length, dtype=torch.bool, device=device).tril(-1)
 
 
+def target_aware_mask(events: int, device: torch.device) -> torch.Tensor:
+    """[2N, 2N] bool over N history tokens then N target tokens (the M-FALCON mask)."""
+    history_to_history = causal_mask(events, device)  # j ≤ n
+    target_to_history = strict_mask(events, device)  # j < n: history token j holds a_j
+    target_to_target = torch.eye(events, dtype=torch.bool, device=device)  # itself only
+    never = torch.zeros(events, events, dtype=torch.bool, device=device)  # history never sees a target
+    return torch.cat([torch.cat([history_to_history, never], 1), torch.cat([target_to_history, target_to_target], 1)])
+
+
 def softmax_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, u: torch.Tensor | None = None, *, engine: str = "auto"
 ) -> torch.Tensor:
@@ -58,10 +69,13 @@ def softmax_attention(
     return out - softmax_diagonal(q, k)[..., None] * u
 
 
-def relative_bias(tables: BiasTables) -> torch.Tensor:
-    """HSTU's rab, materialised: [B, H, L, L] (entries above the diagonal are never used)."""
+def relative_bias(tables: BiasTables, positions: torch.Tensor | None = None) -> torch.Tensor:
+    """HSTU's rab, materialised: [B, H, L, L] (entries above the diagonal are never used).
+
+    `positions` [L]: each token's event position, 0..L − 1 unless given (summed's twins share n).
+    """
     L = tables.timestamps.shape[1]
-    pos = torch.arange(L, device=tables.timestamps.device)
+    pos = torch.arange(L, device=tables.timestamps.device) if positions is None else positions
     distance = (pos[:, None] - pos[None, :]).clamp(0, tables.position.shape[0] - 1)  # [L, L]
     gaps = tables.timestamps[:, :, None] - tables.timestamps[:, None, :]  # [B, L, L]
     bias = tables.position[distance][None] + tables.time[log_bucket(gaps, tables.time.shape[0])]  # [B, L, L, H]
@@ -97,6 +111,64 @@ def pointwise_attention(
         return out
     # mvp: one pass over v + u, minus the forbidden diagonal term A_nn·u_n (in the kernel).
     return fast_pointwise_attention(q, k, v, bias, u, strict=strict, engine=None if engine == "auto" else engine)
+
+
+def target_aware_softmax_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, engine: str = "auto"
+) -> torch.Tensor:
+    """`summed`'s softmax attention over [history; targets]: q, k, v, out [B, H, 2N, dh].
+
+    History n: softmax over history j ≤ n. Target n: softmax over history j < n and itself.
+    """
+    N, dh = q.shape[-2] // 2, q.shape[-1]
+    if engine == "reference":
+        scores = (q @ k.transpose(-2, -1)) / math.sqrt(dh)  # [B, H, 2N, 2N]
+        return scores.masked_fill(~target_aware_mask(N, q.device), float("-inf")).softmax(-1) @ v
+    (q_h, q_t), (k_h, k_t), (v_h, v_t) = (x.split(N, dim=2) for x in (q, k, v))
+    history = F.scaled_dot_product_attention(q_h, k_h, v_h, is_causal=True)  # [B, H, N, dh]
+    # Target n: lfa's shift trick puts one slot before history keys 0..N−2, so the inclusive causal
+    # mask at query n sees the slot and history j < n. The slot stands for the target's own key:
+    # one extra head dim makes its score per query (q'_n = [q_n, q_n·k_n], slot key = [0, 1]),
+    # and its value [0, 1] returns the slot's weight α_nn in that dim, so the own value v_t_n is
+    # added outside. Exact, one flash-capable call; zero dims pad the width to a multiple of 8.
+    width = -(-(dh + 1) // 8) * 8
+    slot = q.new_zeros(*q.shape[:2], 1, width)  # [B, H, 1, width]
+    slot[..., dh] = 1.0
+    own = (q_t * k_t).sum(-1, keepdim=True)  # q_t_n·k_t_n, [B, H, N, 1]
+    queries = F.pad(torch.cat([q_t, own], dim=-1), (0, width - dh - 1))  # [B, H, N, width]
+    keys = torch.cat([slot, F.pad(k_h[:, :, :-1], (0, width - dh))], dim=2)  # slot, history 0..N−2
+    values = torch.cat([slot, F.pad(v_h[:, :, :-1], (0, width - dh))], dim=2)
+    out = F.scaled_dot_product_attention(queries, keys, values, is_causal=True, scale=1 / math.sqrt(dh))
+    targets = out[..., :dh] + out[..., dh : dh + 1] * v_t  # Σ_{j<n} α_nj v_h_j + α_nn v_t_n
+    return torch.cat([history, targets], dim=2)
+
+
+def target_aware_pointwise_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: BiasTables, *, engine: str = "auto"
+) -> torch.Tensor:
+    """`summed`'s HSTU attention over [history; targets]: q, k, v, out [B, H, 2N, dh]; bias over N events.
+
+    History n: Σ_{j≤n} A_nj v_j over history, as `pointwise_attention`. Target n: Σ_{j<n} A(q_t_n,
+    k_h_j) v_h_j + A(q_t_n, k_t_n) v_t_n. Target n's row has n history keys and itself, so it keeps
+    the 1/(n + 1) normaliser; both twins of event n sit at position n and time t_n, so the own
+    key's bias is that of distance 0 and time gap 0.
+    """
+    N = q.shape[-2] // 2
+    if engine == "reference":
+        positions = torch.arange(N, device=q.device).repeat(2)  # [2N]
+        twins = bias._replace(timestamps=bias.timestamps.repeat(1, 2))  # [B, 2N]
+        scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1]) + relative_bias(twins, positions)  # [B, H, 2N, 2N]
+        count = (positions + 1).to(q.dtype)[:, None]  # [2N, 1]
+        return (F.silu(scores) * target_aware_mask(N, q.device) / count) @ v
+    # The target-aware mask is a causal mask over the history plus a diagonal swap: the strict
+    # kernel of target queries over history keys, plus each target's own term, O(N·dh).
+    (q_h, q_t), (k_h, k_t), (v_h, v_t) = (x.split(N, dim=2) for x in (q, k, v))
+    history = pointwise_attention(q_h, k_h, v_h, bias, engine=engine)  # [B, H, N, dh]
+    targets = pointwise_attention(q_t, k_h, v_h, bias, strict=True, engine=engine)
+    own_bias = bias.position[0] + bias.time[0]  # [H]: distance 0, gap 0 (bucket 0)
+    own = F.silu((q_t * k_t).sum(-1) / math.sqrt(q.shape[-1]) + own_bias[:, None])  # [B, H, N]
+    count = torch.arange(1, N + 1, device=q.device, dtype=q.dtype)
+    return torch.cat([history, targets + (own / count)[..., None] * v_t], dim=2)
 
 
 def strict_pooling(

@@ -13,12 +13,14 @@ from causalgr.models.interleaved import Interleaved
 from causalgr.models.lagged import Lagged
 from causalgr.models.lfa import LateFusion
 from causalgr.models.mvp import MixedValuePooling
+from causalgr.models.summed import Summed
 
 FORMULATIONS: dict[str, type[RankingModel]] = {
     "interleaved": Interleaved,
     "lfa": LateFusion,
     "mvp": MixedValuePooling,
     "lagged": Lagged,
+    "summed": Summed,
 }
 BASELINE = "interleaved"  # what relative improvements and speedups are measured against
 
