@@ -53,9 +53,9 @@ def register(app: typer.Typer) -> None:
         overrides = list(overrides) + ([f"data.path={data}"] if data is not None else [])
         resolved = None if resume and config is None and not overrides else load_config(config, overrides)
         result = train(resolved, out, resume=resume).metrics
-        out = console()
-        out.print(_metrics_table(f"test (best epoch {result['best_epoch']} of {result['epochs_run']})", result["test"]))
-        out.print(
+        screen = console()
+        screen.print(_metrics_table(f"test (best epoch {result['best_epoch']} of {result['epochs_run']})", result["test"]))
+        screen.print(
             f"valid loss {result['valid']['loss']:.5f} · test loss {result['test']['loss']:.5f} · "
             f"{result['train_seconds']:.1f} s ({result['seconds_to_best']:.1f} s to best) · "
             f"{result['train_events_per_second']:,.0f} events/s → {out / 'metrics.json'}"
