@@ -151,7 +151,7 @@ def two_processes(tiny_data, tmp_path_factory):
     for item in SETS:
         args += ["--set", item]
     # torchrun's own default of one OpenMP thread per rank would hide whether the trainer pins them.
-    done = subprocess.run(args, env=env(OMP_NUM_THREADS="2"), capture_output=True, text=True, timeout=300)
+    done = subprocess.run(args, env=env(OMP_NUM_THREADS="2"), capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     return out, done
 

@@ -100,7 +100,7 @@ class TrainSection(_Section):
     min_delta: float = Field(0.0, ge=0.0, description="improvement smaller than this does not count")
     seed: int = Field(0, ge=0)
     device: str = Field("auto", description="'auto' (cuda when available, else cpu), 'cpu', 'cuda', 'cuda:1', …")
-    threads: int = Field(0, ge=0, description="torch CPU threads; 0 = one per core")
+    threads: int = Field(0, ge=0, description="torch CPU threads; 0 = one per core (shared out over the ranks of a multi-process run)")
     task_weights: dict[str, float] = Field(default_factory=dict, description="loss weight per task (default 1)")
     deterministic: bool = Field(True, description="ask torch for deterministic kernels")
     progress: bool = Field(True, description="show progress bars (on a terminal; a log gets one line per epoch)")
