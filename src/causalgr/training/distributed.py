@@ -93,7 +93,8 @@ class Ranks:
         0 in a single process leaves torch's own default."""
         if requested or not self.distributed:
             return requested
-        return max(1, len(os.sched_getaffinity(0)) // self.local_world_size)
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        return max(1, cores // self.local_world_size)
 
     def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
         """`model` under DistributedDataParallel, which averages gradients over the ranks in the

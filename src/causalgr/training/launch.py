@@ -2,9 +2,9 @@
 
 `launch` hands `train` to torch's elastic launcher — what `torchrun --standalone
 --nproc-per-node P` runs — with a rendezvous on a free local port and no restarts. Each rank is
-a fresh Python process that calls `train` with the same arguments (`distributed.py` says what
-each rank then does). If a rank fails (an error, a crash, a kill), the launcher stops the
-others and `RankFailed` names every failed rank and why.
+a process forked from a fork server that has imported causalgr once, and calls `train` with the
+same arguments (`distributed.py` says what each rank then does). If a rank fails (an error, a
+crash, a kill), the launcher stops the others and `RankFailed` names the failed rank and why.
 """
 
 from __future__ import annotations
