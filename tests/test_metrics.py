@@ -140,6 +140,30 @@ def test_accumulator_streams_and_agrees_with_the_training_loss():
     assert result["bayes_floor"]["loss"] == pytest.approx(sum(m["logloss"] for m in result["bayes_floor"]["tasks"].values()))
 
 
+def test_positions_merged_from_several_accumulators_give_the_same_metrics():
+    """What data-parallel evaluation does: each rank collects its batches, rank 0 merges them."""
+    batches = [make_batch(seed) for seed in range(3)]
+    logits = [torch.randn(3, 5, 2, generator=torch.Generator().manual_seed(20 + i)) for i in range(3)]
+    whole = MetricAccumulator(("like", "share"))
+    ranks = [MetricAccumulator(("like", "share")) for _ in range(3)]  # the third collects nothing
+    for i, (lg, b) in enumerate(zip(logits, batches)):
+        whole.update(lg, b)
+        ranks[i % 2].update(lg, b)
+    merged = MetricAccumulator(("like", "share"))
+    for rank in reversed(ranks):
+        merged.add_positions(rank.positions())
+    def flat(result: dict, prefix: str = "") -> dict:
+        items = [flat(v, f"{prefix}{k}.").items() if isinstance(v, dict) else [(prefix + k, v)] for k, v in result.items()]
+        return dict(pair for group in items for pair in group)
+
+    assert flat(merged.compute()) == pytest.approx(flat(whole.compute()), rel=1e-12)
+    # A rank without true probabilities takes the floor away, as a batch without them does.
+    no_probs = MetricAccumulator(("like", "share"))
+    no_probs.update(logits[0], make_batch(0, with_probs=False))
+    merged.add_positions(no_probs.positions())
+    assert "bayes_floor" not in merged.compute()
+
+
 def test_no_floor_without_true_probs_everywhere():
     accumulator = MetricAccumulator(("like", "share"))
     accumulator.update(torch.zeros(3, 5, 2), make_batch(0))

@@ -138,6 +138,16 @@ def test_run_folder_contents_and_metrics(tiny_data, tmp_path):
     assert result["num_parameters"] > result["num_parameters_without_items"] > 0
 
 
+def test_the_train_command_ends_with_the_metrics_table_and_file(tiny_data, tmp_path):
+    args = ["train", "--data", str(tiny_data), "--out", str(tmp_path / "run")]
+    for item in ["model.dim=16", "model.heads=2", "train.epochs=1", "train.progress=false", "train.threads=1"]:
+        args += ["--set", item]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "test (best epoch 1 of 1)" in result.output
+    assert result.output.rstrip().endswith(f"→ {tmp_path / 'run' / 'metrics.json'}")
+
+
 def test_refuses_to_overwrite_or_resume_with_another_config(tiny_data, tmp_path):
     config = tiny_config(tiny_data, "train.epochs=1")
     train(config, tmp_path / "run")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import os
 import shlex
 from pathlib import Path
 from typing import List, Optional
@@ -45,17 +47,39 @@ def register(app: typer.Typer) -> None:
         overrides: List[str] = typer.Option([], "--set", help=_SET_HELP),
         data: Optional[Path] = typer.Option(None, "--data", help="prepared dataset folder (same as --set data.path=…)"),
         resume: bool = typer.Option(False, "--resume", help="continue the interrupted run in OUT (its saved config)"),
+        nproc: int = typer.Option(
+            1, "--nproc", min=1, help="data-parallel processes on this machine (started as torchrun would); "
+            "data.batch_size stays the global batch"
+        ),
     ) -> None:
-        """Train one model; writes OUT/config.yaml, metrics.jsonl, metrics.json and checkpoint/."""
+        """Train one model; writes OUT/config.yaml, metrics.jsonl, metrics.json and checkpoint/.
+
+        Also runs under `torchrun --nproc-per-node P -m causalgr.cli train …` (docs/design.md §7).
+        """
         from causalgr.training.config import load_config
+        from causalgr.training.distributed import is_main_process
+        from causalgr.training.launch import RankFailed, launch
         from causalgr.training.trainer import train
 
         overrides = list(overrides) + ([f"data.path={data}"] if data is not None else [])
         resolved = None if resume and config is None and not overrides else load_config(config, overrides)
-        result = train(resolved, out, resume=resume).metrics
-        out = console()
-        out.print(_metrics_table(f"test (best epoch {result['best_epoch']} of {result['epochs_run']})", result["test"]))
-        out.print(
+        if nproc > 1:
+            if "WORLD_SIZE" in os.environ:
+                raise ConfigError("train: --nproc starts its own processes; under torchrun leave it out")
+            try:
+                result = launch(nproc, resolved, out, resume=resume).metrics
+            except RankFailed as err:
+                typer.echo(f"error: the run failed on a rank; the launcher stopped the others\n{err}", err=True)
+                raise typer.Exit(1) from None
+        else:
+            if not is_main_process():  # a rank under torchrun: rank 0 alone logs and prints
+                logging.getLogger("causalgr").setLevel(logging.WARNING)
+            result = train(resolved, out, resume=resume).metrics
+            if not is_main_process():
+                return
+        screen = console()
+        screen.print(_metrics_table(f"test (best epoch {result['best_epoch']} of {result['epochs_run']})", result["test"]))
+        screen.print(
             f"valid loss {result['valid']['loss']:.5f} · test loss {result['test']['loss']:.5f} · "
             f"{result['train_seconds']:.1f} s ({result['seconds_to_best']:.1f} s to best) · "
             f"{result['train_events_per_second']:,.0f} events/s → {out / 'metrics.json'}"

@@ -64,10 +64,10 @@ class SequenceLoader:
         for s in range(len(SPLITS)):
             cum = np.concatenate([[0], np.cumsum(data.split == s)])
             per_split.append(cum[offsets[1:]] - cum[offsets[:-1]])
-        self._loss_counts = per_split[code]  # [U]
-        self._row_lengths = sum(per_split[: code + 1])  # [U]: the prefix through this split
-        self._users = np.flatnonzero(self._loss_counts > 0)  # 0-based user rows with loss
-        self.num_events = int(self._loss_counts.sum())
+        self.loss_counts = per_split[code]  # [U]: loss positions of each 0-based user row
+        self.row_lengths = sum(per_split[: code + 1])  # [U]: events in each row (the prefix through this split)
+        self._users = np.flatnonzero(self.loss_counts > 0)  # 0-based user rows with loss
+        self.num_events = int(self.loss_counts.sum())
         self._code = code
 
     def __len__(self) -> int:
@@ -84,7 +84,7 @@ class SequenceLoader:
         if rng is not None:
             users = rng.permutation(users)
         # Stable sort: ties keep the (permuted) order, so equal-length users mix across epochs.
-        users = users[np.argsort(self._row_lengths[users], kind="stable")]
+        users = users[np.argsort(self.row_lengths[users], kind="stable")]
         batches = [users[i : i + self.batch_size] for i in range(0, len(users), self.batch_size)]
         if rng is not None:
             batches = [batches[i] for i in rng.permutation(len(batches))]
@@ -92,11 +92,12 @@ class SequenceLoader:
 
     def __iter__(self) -> Iterator[Batch]:
         for rows in self.batch_users():
-            yield self._make_batch(rows)
+            yield self.make_batch(rows)
 
-    def _make_batch(self, rows: np.ndarray) -> Batch:
+    def make_batch(self, rows: np.ndarray) -> Batch:
+        """The padded `Batch` of these 0-based user rows, in this order."""
         data = self.data
-        lengths = self._row_lengths[rows]  # [B]
+        lengths = self.row_lengths[rows]  # [B]
         N = int(lengths.max())
         valid = np.arange(N)[None, :] < lengths[:, None]  # [B, N]
         index = np.where(valid, data.offsets[rows][:, None] + np.arange(N)[None, :], 0)  # [B, N] into events

@@ -5,7 +5,8 @@ A config file has four sections (every key optional, unknown keys rejected)::
     data:  {path, batch_size, eval_batch_size}
     model: {formulation, backbone, dim, layers, heads, dropout, max_len, ...}
     optim: {lr, weight_decay, betas, eps, grad_clip, warmup, schedule, min_lr_ratio}
-    train: {epochs, patience, min_delta, seed, device, threads, task_weights, deterministic, progress}
+    train: {epochs, patience, min_delta, seed, device, threads, task_weights, deterministic, progress,
+            dist_timeout}
 
 `--set optim.lr=3e-3` overrides one key; the value is read as a YAML scalar (or flow list).
 Mistakes raise `ConfigError`, one line naming the key, e.g. `config: unknown key 'optim.lrr'`.
@@ -99,10 +100,13 @@ class TrainSection(_Section):
     min_delta: float = Field(0.0, ge=0.0, description="improvement smaller than this does not count")
     seed: int = Field(0, ge=0)
     device: str = Field("auto", description="'auto' (cuda when available, else cpu), 'cpu', 'cuda', 'cuda:1', …")
-    threads: int = Field(0, ge=0, description="torch CPU threads; 0 = one per core")
+    threads: int = Field(0, ge=0, description="torch CPU threads; 0 = one per core (shared out over the ranks of a multi-process run)")
     task_weights: dict[str, float] = Field(default_factory=dict, description="loss weight per task (default 1)")
     deterministic: bool = Field(True, description="ask torch for deterministic kernels")
     progress: bool = Field(True, description="show progress bars (on a terminal; a log gets one line per epoch)")
+    dist_timeout: float = Field(
+        600.0, gt=0.0, description="multi-process runs: seconds a rank waits for the others before the run fails"
+    )
 
 
 class TrainConfig(_Section):

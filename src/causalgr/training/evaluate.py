@@ -12,6 +12,7 @@ from causalgr.data.loader import SequenceLoader
 from causalgr.data.prepared import PreparedData, load_prepared
 from causalgr.models import RankingModel, build_model
 from causalgr.training.config import TrainConfig
+from causalgr.training.distributed import Ranks
 from causalgr.training.rundir import RunDir
 from causalgr.training.metrics import MetricAccumulator
 
@@ -24,6 +25,7 @@ def evaluate(
     batch_size: int = 64,
     device: torch.device | str | None = None,
     bayes_floor: bool = True,
+    ranks: Ranks | None = None,
 ) -> dict:
     """Metrics of `model` on the evaluated positions of `split` ("valid" or "test").
 
@@ -32,18 +34,22 @@ def evaluate(
     `loss` (summed per-task log loss), `events`, `tasks.<task>.{logloss, ne, auc, gauc,
     positive_rate}`, and on synthetic data (with `bayes_floor`) the same for the true
     probabilities under `bayes_floor`. Leaves the model in eval mode.
+
+    In a multi-process run (`ranks`), every rank calls this: each evaluates its share of the
+    users, and all get the metrics over every position (`distributed.py`).
     """
     if device is None:
         device = next(model.parameters()).device
     model.eval()
     tasks = data.tasks
     accumulator = MetricAccumulator(tasks)
-    for batch in SequenceLoader(data, split, batch_size=batch_size):
+    ranks = ranks or Ranks()
+    for batch in ranks.eval_batches(SequenceLoader(data, split, batch_size=batch_size)):
         if not bayes_floor:
             batch.true_probs = None
         batch = batch.to(device)
         accumulator.update(model(batch).float(), batch)  # logits [B, N, T]
-    result = accumulator.compute()
+    result = ranks.metrics(accumulator)
     if not bayes_floor:
         result.pop("bayes_floor", None)
     return result

@@ -194,23 +194,47 @@ class MetricAccumulator:
         else:
             self._probs.append(batch.true_probs.to(logits.device)[mask].double().cpu().numpy())
 
+    def positions(self) -> dict[str, np.ndarray | None]:
+        """What `update` collected: `logits` and `labels` [M, T], `users` [M], and `probs` [M, T]
+        (None unless every batch carried true probabilities). Data-parallel evaluation sends this
+        to rank 0 (`distributed.py`)."""
+        T = len(self.tasks)
+        logits = np.concatenate(self._logits) if self._logits else np.zeros((0, T))
+        labels = np.concatenate(self._labels) if self._labels else np.zeros((0, T))
+        users = np.concatenate(self._users) if self._users else np.zeros(0, dtype=np.int64)
+        probs = None
+        if self._all_have_probs:
+            probs = np.concatenate(self._probs) if self._probs else np.zeros((0, T))
+        return {"logits": logits, "labels": labels, "users": users, "probs": probs}
+
+    def add_positions(self, positions: dict[str, np.ndarray | None]) -> None:
+        """Add positions another accumulator collected (its `positions()`), e.g. another rank's.
+        User ids must be the loader's: rows without ids would be numbered apart per accumulator."""
+        if positions["probs"] is None:
+            self._all_have_probs = False
+        if len(positions["logits"]) == 0:
+            return
+        self._logits.append(positions["logits"])
+        self._labels.append(positions["labels"])
+        self._users.append(positions["users"])
+        if positions["probs"] is not None:
+            self._probs.append(positions["probs"])
+
     @property
     def events(self) -> int:
         return sum(len(x) for x in self._logits)
 
     def compute(self) -> dict:
-        T = len(self.tasks)
-        logits = np.concatenate(self._logits) if self._logits else np.zeros((0, T))
-        labels = np.concatenate(self._labels) if self._labels else np.zeros((0, T))
-        users = np.concatenate(self._users) if self._users else np.zeros(0, dtype=np.int64)
+        positions = self.positions()
+        logits, labels, users = positions["logits"], positions["labels"], positions["users"]
         tasks = {task: task_metrics(logits[:, t], labels[:, t], users) for t, task in enumerate(self.tasks)}
         result = {
             "loss": float(sum(m["logloss"] for m in tasks.values())),
             "events": int(len(logits)),
             "tasks": tasks,
         }
-        if self._all_have_probs and self._probs:
-            probs = np.concatenate(self._probs)
+        if positions["probs"] is not None and self._probs:
+            probs = positions["probs"]
             floor = {task: floor_task_metrics(probs[:, t], labels[:, t], users) for t, task in enumerate(self.tasks)}
             result["bayes_floor"] = {"loss": float(sum(m["logloss"] for m in floor.values())), "tasks": floor}
         return result

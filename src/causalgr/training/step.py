@@ -56,12 +56,18 @@ class Optimizer:
         self.scheduler.load_state_dict(state["scheduler"])
 
 
-def train_step(model: torch.nn.Module, optimizer: Optimizer, batch: Batch, task_weights: Sequence[float]) -> torch.Tensor:
-    """Forward, loss, backward, clipping, optimizer and schedule step on `batch`; returns the loss (detached)."""
+def train_step(
+    model: torch.nn.Module, optimizer: Optimizer, batch: Batch, task_weights: Sequence[float], loss_scale: float = 1.0
+) -> torch.Tensor:
+    """Forward, loss, backward, clipping, optimizer and schedule step on `batch`; returns the loss (detached).
+
+    The backward pass runs on `loss_scale` × the loss: under data parallelism, a rank's share of
+    the global batch (`distributed.Ranks.train_batches`); the returned loss is not scaled.
+    """
     logits = model(batch)  # [B, N, T]
     loss = ranking_loss(logits, batch.labels, batch.loss_mask, task_weights)
     optimizer.adamw.zero_grad(set_to_none=True)
-    loss.backward()
+    (loss * loss_scale).backward()
     if optimizer.grad_clip > 0:
         torch.nn.utils.clip_grad_norm_(model.parameters(), optimizer.grad_clip)
     optimizer.adamw.step()

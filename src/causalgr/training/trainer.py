@@ -8,6 +8,10 @@ the best epoch's weights and, when the run is done, `metrics.json`.
 Everything random is seeded and its state checkpointed at epoch ends, so a run stopped at any
 point and continued with `resume=True` ends with the same metrics as an uninterrupted one.
 
+The same loop runs on every rank of a multi-process run (docs/design.md §7): `distributed.py`
+shares out the batches and reduces losses and metrics over the ranks, and only rank 0 writes
+the run folder.
+
 Timing definitions: `train_seconds` is wall-clock time of the epochs (training steps and the
 per-epoch validation), summed over resumed sessions; `seconds_to_best` the same up to the end of
 the best epoch; `train_events_per_second` the loss-carrying events (one (item, action) pair each,
@@ -37,6 +41,7 @@ from causalgr.data.prepared import PreparedData, load_prepared
 from causalgr.models import build_model
 from causalgr.errors import CausalgrError, ConfigError
 from causalgr.training.config import TrainConfig
+from causalgr.training.distributed import Ranks, process_group
 from causalgr.training.evaluate import evaluate, resolve_device
 from causalgr.training.report import plot_run_curves
 from causalgr.training.rundir import RunDir, atomic_write
@@ -84,7 +89,7 @@ def _torch_settings(threads: int, deterministic: bool):
         torch.use_deterministic_algorithms(old_deterministic, warn_only=old_warn_only)
 
 
-def _config_to_run(config: TrainConfig | None, run: RunDir, resume: bool) -> TrainConfig:
+def config_to_run(config: TrainConfig | None, run: RunDir, resume: bool) -> TrainConfig:
     """Check `run` against `resume` and return the config to run (the saved one when resuming)."""
     if not resume:
         if run.is_started():
@@ -99,7 +104,7 @@ def _config_to_run(config: TrainConfig | None, run: RunDir, resume: bool) -> Tra
     saved = run.read_config()
     if config is not None:
         mine, theirs = _flat(config.to_dict()), _flat(saved.to_dict())
-        ignored = {"train.progress"}
+        ignored = {"train.progress", "train.dist_timeout"}
         changed = sorted(k for k in mine.keys() | theirs.keys() if k not in ignored and mine.get(k) != theirs.get(k))
         if changed:
             key = changed[0]
@@ -152,9 +157,11 @@ def train(
     is. `stop_after_epochs` ends this call after that many epochs, leaving a resumable checkpoint
     and no `metrics.json`. `data` skips loading the prepared dataset named in the config (it
     must be that dataset).
+
+    Under torchrun every rank calls this with the same arguments, and each gets the result.
     """
     run = out_dir if isinstance(out_dir, RunDir) else RunDir(out_dir)
-    config = _config_to_run(config, run, resume)
+    config = config_to_run(config, run, resume)
     if run.is_finished():
         metrics = run.read_metrics()
         return TrainResult(run, metrics["epochs_run"], metrics)
@@ -165,23 +172,30 @@ def train(
     unknown = sorted(set(config.train.task_weights) - set(data.tasks))
     if unknown:
         raise ConfigError(f"config: train.task_weights: unknown task '{unknown[0]}' (the data has {', '.join(data.tasks)})")
-    run.create()
-    run.write_config(config)
-    with _torch_settings(config.train.threads, config.train.deterministic):
-        return _Run(config, data, run).fit(stop_after_epochs)
+    t = config.train
+    with process_group(resolve_device(t.device), t.dist_timeout) as ranks:
+        if ranks.is_main:
+            run.create()
+            run.write_config(config)
+        with _torch_settings(ranks.threads(t.threads), t.deterministic):
+            return _Run(config, data, run, ranks).fit(stop_after_epochs)
 
 
 class _Run:
     """The state of one training run between epochs."""
 
-    def __init__(self, config: TrainConfig, data: PreparedData, run: RunDir) -> None:
-        self.config, self.data, self.run = config, data, run
-        self.device = resolve_device(config.train.device)
+    def __init__(self, config: TrainConfig, data: PreparedData, run: RunDir, ranks: Ranks) -> None:
+        self.config, self.data, self.run, self.ranks = config, data, run, ranks
+        self.device = ranks.device
         t = config.train
+        if config.data.batch_size < ranks.world_size:
+            raise ConfigError(f"config: data.batch_size {config.data.batch_size} is the global batch: "
+                              f"it needs at least one user for each of the {ranks.world_size} processes")
         _seed_everything(t.seed)
         self.model_config = config.model_config_for(data)
         self.model = build_model(self.model_config).to(self.device)
-        run.write_model_config(self.model_config)
+        if ranks.is_main:
+            run.write_model_config(self.model_config)
         self.train_loader = SequenceLoader(data, "train", batch_size=config.data.batch_size, shuffle=True, seed=t.seed)
         if self.train_loader.num_events == 0:
             raise ConfigError(f"{config.data.path}: the training split has no events")
@@ -199,6 +213,7 @@ class _Run:
         self.history: list[dict] = []
         if run.state_file.is_file():
             self._load_checkpoint()
+        self.train_model = ranks.wrap(self.model)  # what the training steps run; the weights are self.model's
 
     # --- checkpoints -------------------------------------------------------------------------
 
@@ -235,33 +250,37 @@ class _Run:
                     "step_seconds", "train_events", "seconds_to_best"):
             setattr(self, key, state[key])
         self.history = self.run.read_history(last_epoch=self.epoch)
-        self.run.write_history(self.history)
+        if self.ranks.is_main:
+            self.run.write_history(self.history)
         log.info("%s: resuming after epoch %d (best valid loss %.5f at epoch %d)",
                  self.run.path, self.epoch, self.best_loss, self.best_epoch)
 
     # --- the loop ------------------------------------------------------------------------------
 
     def _train_epoch(self) -> tuple[float, int, float]:
-        """One pass over the training split: (mean loss per event, events, step seconds)."""
-        model, t = self.model, self.config.train
+        """One pass over the training split: (mean loss per event, events, step seconds), over all ranks."""
+        model, t, ranks = self.train_model, self.config.train, self.ranks
         model.train()
         self.train_loader.set_epoch(self.epoch)
+        ranks.seed_epoch(t.seed, self.epoch)
         loss_sum, events, seconds = 0.0, 0, 0.0
         bar = tqdm(
-            self.train_loader, desc=f"{self.run.name} epoch {self.epoch}/{t.epochs}",
-            disable=not t.progress or not sys.stderr.isatty(), leave=False, unit="batch", dynamic_ncols=True,
+            ranks.train_batches(self.train_loader), total=len(self.train_loader),
+            desc=f"{self.run.name} epoch {self.epoch}/{t.epochs}",
+            disable=not t.progress or not sys.stderr.isatty() or not ranks.is_main, leave=False, unit="batch",
+            dynamic_ncols=True,
         )
         start = time.perf_counter()
-        for step, batch in enumerate(bar, start=1):
+        for step, (batch, share) in enumerate(bar, start=1):
             batch = batch.to(self.device)
             lr = self.optimizer.lr
-            loss = train_step(model, self.optimizer, batch, self.task_weights).item()  # syncs: the time is real on GPU
+            loss = train_step(model, self.optimizer, batch, self.task_weights, share).item()  # syncs: the time is real on GPU
+            loss, n = ranks.step_loss(loss, int(batch.loss_mask.sum()))  # over the global batch
             if not math.isfinite(loss):
                 raise TrainingDiverged(
                     f"train: the training loss became {loss} at epoch {self.epoch}, step {step} of "
                     f"{len(self.train_loader)} (lr {lr:.3g}); try a lower learning rate, e.g. --set optim.lr={self.config.optim.lr / 4:.2g}"
                 )
-            n = int(batch.loss_mask.sum())
             loss_sum += loss * n
             seconds = time.perf_counter() - start  # batching, forward, backward and optimizer steps
             events += n
@@ -279,7 +298,7 @@ class _Run:
             lr = self.optimizer.lr
             train_loss, events, step_seconds = self._train_epoch()
             valid = evaluate(self.model, self.data, "valid", self.config.data.eval_batch_size, self.device,
-                             bayes_floor=False)
+                             bayes_floor=False, ranks=self.ranks)
             self.model.train()
             epoch_seconds = time.perf_counter() - epoch_start
             self.elapsed += epoch_seconds
@@ -310,9 +329,10 @@ class _Run:
                 "best": improved,
             }
             self.history.append(record)
-            # The record goes first: a resume drops records past the checkpoint's epoch, never misses one.
-            self.run.append_history(record)
-            self._save_checkpoint(improved)
+            if self.ranks.is_main:
+                # The record goes first: a resume drops records past the checkpoint's epoch, never misses one.
+                self.run.append_history(record)
+                self._save_checkpoint(improved)
             log.info(
                 "%s epoch %d: train %.5f  valid %.5f%s  %.1f s  %.0f ev/s",
                 self.run.name, self.epoch, train_loss, valid["loss"], " *" if improved else "",
@@ -322,10 +342,11 @@ class _Run:
         return TrainResult(self.run, self.epoch, self._finish())
 
     def _finish(self) -> dict:
+        self.ranks.barrier()  # rank 0 has written the best weights
         load_model(self.model, str(self.run.weights_file("best")), device=str(self.device))
         batch_size = self.config.data.eval_batch_size
-        valid = evaluate(self.model, self.data, "valid", batch_size, self.device)
-        test = evaluate(self.model, self.data, "test", batch_size, self.device)
+        valid = evaluate(self.model, self.data, "valid", batch_size, self.device, ranks=self.ranks)
+        test = evaluate(self.model, self.data, "test", batch_size, self.device, ranks=self.ranks)
         epochs_run = self.epoch
         result = {
             "formulation": self.model_config.formulation,
@@ -344,6 +365,7 @@ class _Run:
             "num_parameters": self.model.num_parameters(),
             "num_parameters_without_items": self.model.num_parameters(include_items=False),
             "device": str(self.device),
+            "processes": self.ranks.world_size,
             "torch_threads": torch.get_num_threads(),
             "data": {
                 "path": self.config.data.path,
@@ -354,8 +376,9 @@ class _Run:
             },
             "model": self.model_config.to_dict(),
         }
-        self.run.write_metrics(result)
-        result = self.run.read_metrics()  # what callers get is exactly what the file says
-        plot_run_curves(self.history, self.run.curves_file,
-                        f"{self.model_config.formulation} · {self.model_config.backbone} · seed {self.config.train.seed}")
-        return result
+        if self.ranks.is_main:
+            self.run.write_metrics(result)
+            plot_run_curves(self.history, self.run.curves_file,
+                            f"{self.model_config.formulation} · {self.model_config.backbone} · seed {self.config.train.seed}")
+        self.ranks.barrier()
+        return self.run.read_metrics()  # what callers get is exactly what the file says
