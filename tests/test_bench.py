@@ -1,5 +1,5 @@
 """`causalgr bench`: what it measures (the trainer's step, one row per formulation × backbone ×
-length, the median step), its ratios, its memory probe and the command's DESIGN.md §5 contract."""
+length, the median step), its ratios, its memory probe and the command's docs/design.md §5 contract."""
 
 from __future__ import annotations
 

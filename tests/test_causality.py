@@ -1,4 +1,4 @@
-"""The causal invariant (DESIGN.md §1) for every formulation × backbone × engine, property-based.
+"""The causal invariant (docs/design.md §1) for every formulation × backbone × engine, property-based.
 
 Logits at position n may depend on the items and timestamps at positions ≤ n and on the actions
 (task labels and action values) at positions < n only. Each input is changed on its own, so a

@@ -1,4 +1,4 @@
-"""The training loss against hand-computed values (DESIGN.md §4)."""
+"""The training loss against hand-computed values (docs/design.md §4)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Metrics against hand-computed values and brute-force definitions (DESIGN.md §4)."""
+"""Metrics against hand-computed values and brute-force definitions (docs/design.md §4)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """`causalgr.serving.Ranker` for every formulation × backbone: its answers are the model's own
-prediction at the appended position (DESIGN.md §6), whatever else is ranked beside them."""
+prediction at the appended position (docs/design.md §6), whatever else is ranked beside them."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """`Ranker.from_run` and the HTTP server on a tiny trained run: the source's ids, the routes of
-DESIGN.md §6, 4xx answers that name the field, and a real `causalgr serve` process."""
+docs/design.md §6, 4xx answers that name the field, and a real `causalgr serve` process."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """causalgr: generative-recommender ranking with causal attention reformulations.
 
-The public API (DESIGN.md §5)::
+The public API (docs/design.md §5)::
 
     from causalgr import Batch, ModelConfig, build_model
 """

@@ -1,4 +1,4 @@
-"""The `Batch`: padded user histories, the one type every model reads (DESIGN.md §5)."""
+"""The `Batch`: padded user histories, the one type every model reads (docs/design.md §5)."""
 
 from __future__ import annotations
 

@@ -1,1 +1,1 @@
-"""Data: sources → canonical event table → per-user sequences → batches (DESIGN.md §3)."""
+"""Data: sources → canonical event table → per-user sequences → batches (docs/design.md §3)."""

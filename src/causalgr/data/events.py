@@ -1,4 +1,4 @@
-"""The canonical event table every source is mapped to (DESIGN.md §3)."""
+"""The canonical event table every source is mapped to (docs/design.md §3)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Getting ML-100K without a browser (DESIGN.md §3).
+"""Getting ML-100K without a browser (docs/design.md §3).
 
 `fetch_ml100k()` returns a verified local copy, trying in turn:
 

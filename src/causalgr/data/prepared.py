@@ -1,4 +1,4 @@
-"""A prepared dataset: per-user, time-ordered, split sequences on disk (DESIGN.md §3).
+"""A prepared dataset: per-user, time-ordered, split sequences on disk (docs/design.md §3).
 
 This is the contract between data preparation (`causalgr data prepare`, `causalgr data synth`)
 and everything that trains or evaluates. A prepared dataset is a folder:

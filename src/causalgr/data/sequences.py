@@ -1,4 +1,4 @@
-"""Event table → prepared per-user sequences: sort, truncate, split, remap (DESIGN.md §3).
+"""Event table → prepared per-user sequences: sort, truncate, split, remap (docs/design.md §3).
 
 `prepare` is the entry point: it reuses a folder prepared under the same cache key
 (`causalgr.data.cache`), or builds the sequences with `build_sequences` and saves them. The

@@ -1,4 +1,4 @@
-"""Source files → the canonical event table (DESIGN.md §3).
+"""Source files → the canonical event table (docs/design.md §3).
 
 `load_source(source, path)` reads one supported format and returns an `EventTable` whose rows
 keep the file's original order. Sources:

@@ -1,4 +1,4 @@
-"""Summary numbers of a prepared dataset, stored as its `meta["stats"]` (DESIGN.md §3)."""
+"""Summary numbers of a prepared dataset, stored as its `meta["stats"]` (docs/design.md §3)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Synthetic event data with a planted item→action causal chain (DESIGN.md §3).
+"""Synthetic event data with a planted item→action causal chain (docs/design.md §3).
 
 The generative story, per user u with events n = 1..N:
 

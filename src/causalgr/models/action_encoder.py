@@ -1,4 +1,4 @@
-"""b(a): the action embedding every formulation shares (DESIGN.md §1)."""
+"""b(a): the action embedding every formulation shares (docs/design.md §1)."""
 
 from __future__ import annotations
 

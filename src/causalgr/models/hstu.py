@@ -1,4 +1,4 @@
-"""The HSTU backbone: stacked sequential transduction units (DESIGN.md §2).
+"""The HSTU backbone: stacked sequential transduction units (docs/design.md §2).
 
 Each layer: U, V, Q, K = split(SiLU(f1(LN(x)))); A = SiLU(QKᵀ/√d + rab) / (n + 1) over j ≤ n;
 y = x + f2(LN(A·V) ⊙ U). rab = learned relative-position bias + log-bucketed time-gap bias,

@@ -1,4 +1,4 @@
-"""`interleaved` — the HSTU ranker baseline (DESIGN.md §1).
+"""`interleaved` — the HSTU ranker baseline (docs/design.md §1).
 
 Tokens: e(i_1), b(a_1), e(i_2), b(a_2), … — 2N tokens through one causal encoder.
 Mask:   plain causal over the 2N tokens. The item token of event n sits at 2n (0-based), its

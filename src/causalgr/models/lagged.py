@@ -1,4 +1,4 @@
-"""`lagged` — the simple baseline (DESIGN.md §1).
+"""`lagged` — the simple baseline (docs/design.md §1).
 
 Tokens: e(i_n) + b(a_{n-1}), with a learned start vector in place of b(a_0).
 Mask:   plain causal over N tokens; token n holds actions up to a_{n-1} only.

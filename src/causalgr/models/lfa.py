@@ -1,4 +1,4 @@
-"""`lfa` — Attention-based Late Fusion for Actions (AttnLFA, DESIGN.md §1).
+"""`lfa` — Attention-based Late Fusion for Actions (AttnLFA, docs/design.md §1).
 
 Tokens: e(i_1..N) only; the causal encoder never sees an action: h_n = Enc(e(i_≤n)).
 Mask:   causal (j ≤ n) in the encoder; strictly causal (j < n, plus a learned null slot) in

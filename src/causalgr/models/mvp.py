@@ -1,4 +1,4 @@
-"""`mvp` — Attention-based Mixed Value Pooling (AttnMVP, DESIGN.md §1).
+"""`mvp` — Attention-based Mixed Value Pooling (AttnMVP, docs/design.md §1).
 
 Tokens: e(i_1..N); every attention layer adds action values u_j = W_a b(a_j):
         o_n = Σ_{j≤n} α_nj v_j + Σ_{j<n} α_nj u_j.

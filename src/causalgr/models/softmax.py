@@ -1,4 +1,4 @@
-"""The softmax backbone: a pre-norm Transformer (DESIGN.md §2).
+"""The softmax backbone: a pre-norm Transformer (docs/design.md §2).
 
 Position and time-gap information are added to the inputs, so the attention itself needs no
 bias and stays on the flash/efficient `scaled_dot_product_attention` path. With `mvp=True`

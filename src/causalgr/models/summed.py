@@ -1,4 +1,4 @@
-"""`summed` — the production baseline of Meta's DLRMv3 and TorchEasyRec (DESIGN.md §1).
+"""`summed` — the production baseline of Meta's DLRMv3 and TorchEasyRec (docs/design.md §1).
 
 Tokens: history tokens e(i_j) + b(a_j), j = 1..N, then target tokens e(i_n) + b_∅, n = 1..N,
         with b_∅ a learned placeholder action: 2N tokens through one encoder.

@@ -1,4 +1,4 @@
-"""Serving: rank candidate items for a live request with a trained model (DESIGN.md §6).
+"""Serving: rank candidate items for a live request with a trained model (docs/design.md §6).
 
     from causalgr.serving import Ranker
     ranker = Ranker.from_run("runs/lfa")

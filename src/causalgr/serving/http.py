@@ -1,4 +1,4 @@
-"""The HTTP front of a `Ranker` (DESIGN.md §6): FastAPI routes, request limits, metrics.
+"""The HTTP front of a `Ranker` (docs/design.md §6): FastAPI routes, request limits, metrics.
 
     POST /v1/rank                  rank candidates after a history (and/or a user's cached events)
     POST /v1/users/{user}/events   append events to a user's cached history

@@ -1,4 +1,4 @@
-"""`Ranker`: P(task) for K candidate items after a user's history, exactly as the model says (DESIGN.md §6).
+"""`Ranker`: P(task) for K candidate items after a user's history, exactly as the model says (docs/design.md §6).
 
 The answer for candidate c is the trained model's prediction at position N + 1 of the sequence
 `history + (c, t)`: row k of a batch whose every row is the history followed by one candidate.

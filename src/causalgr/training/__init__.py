@@ -1,1 +1,1 @@
-"""Training, evaluation, metrics and the formulation comparison (DESIGN.md §4)."""
+"""Training, evaluation, metrics and the formulation comparison (docs/design.md §4)."""

@@ -3,7 +3,7 @@
 Every run gets the same config apart from `model.formulation` and `train.seed`: same model size,
 epoch cap, early-stopping rule, learning rate and schedule. Runs live in
 `OUT/runs/<formulation>-seed<k>/`; a finished run is skipped and an interrupted one resumed, so
-an interrupted `compare` continues where it stopped. `OUT/results.json` follows DESIGN.md §5.
+an interrupted `compare` continues where it stopped. `OUT/results.json` follows docs/design.md §5.
 
 Definitions (also written into `results.json` under `definitions`):
 
@@ -164,7 +164,7 @@ def _paired(runs: list[dict], formulation: str, key) -> list[float]:
 
 
 def summarize(runs: list[dict], formulations: Sequence[str], tasks: Sequence[str], floor_loss: float | None) -> list[dict]:
-    """One summary row per formulation over its seeds (DESIGN.md §5 `summary`)."""
+    """One summary row per formulation over its seeds (docs/design.md §5 `summary`)."""
     summary = []
     for formulation in formulations:
         mine = [r for r in runs if r["formulation"] == formulation]

@@ -1,4 +1,4 @@
-"""Streaming evaluation of a model on the validation or test positions (DESIGN.md §3–§4)."""
+"""Streaming evaluation of a model on the validation or test positions (docs/design.md §3–§4)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The training loss of DESIGN.md §4: mean over loss positions of Σ_t w_t · BCE-with-logits."""
+"""The training loss of docs/design.md §4: mean over loss positions of Σ_t w_t · BCE-with-logits."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Ranking metrics of DESIGN.md §4: per-task log loss, NE, AUC, GAUC, and the Bayes floor.
+"""Ranking metrics of docs/design.md §4: per-task log loss, NE, AUC, GAUC, and the Bayes floor.
 
 Evaluation streams over batches: `MetricAccumulator.update` keeps the evaluated positions'
 logits, labels and users (and true probabilities on synthetic data), and `compute` turns them

@@ -1,4 +1,4 @@
-"""One training run: AdamW, warm-up + decay, early stopping, checkpoints, exact resume (DESIGN.md §4).
+"""One training run: AdamW, warm-up + decay, early stopping, checkpoints, exact resume (docs/design.md §4).
 
 A run folder (`RunDir`, `rundir.py`, lists its files) holds the resolved config, the model's
 config, one metrics record per finished epoch, the checkpoint written atomically after every
