@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
@@ -21,9 +22,11 @@ import causalgr
 from causalgr.cli import main
 from causalgr.data.sequences import PrepareSettings, prepare
 from causalgr.data.synth import SynthSettings, generate
+from causalgr.errors import ConfigError
 from causalgr.serving import Ranker
 from causalgr.serving.http import create_app
 from causalgr.serving.limits import Limits
+from causalgr.serving.loadtest import LoadTest, run_loadtest
 from causalgr.training.config import load_config
 from causalgr.training.evaluate import load_run
 from causalgr.training.trainer import train
@@ -205,19 +208,21 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_a_real_server_process_answers_like_the_ranker(run, item_ids, tmp_path):
-    port, log = free_port(), tmp_path / "serve.log"
+@pytest.fixture(scope="module")
+def server(run, tmp_path_factory) -> Iterator[str]:
+    """The base URL of a real `causalgr serve` process on a free loopback port, serving `run`."""
+    port, log = free_port(), tmp_path_factory.mktemp("serve") / "serve.log"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
            "PYTHONPATH": os.pathsep.join([str(Path(causalgr.__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
     command = [sys.executable, "-m", "causalgr.cli", "serve", "--run", str(run), "--host", "127.0.0.1",
                "--port", str(port), "--threads", "1"]
     with open(log, "w") as out:
-        server = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
     try:
         base = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 60
         while True:
-            assert server.poll() is None, f"the server exited: {log.read_text()}"
+            assert process.poll() is None, f"the server exited: {log.read_text()}"
             try:
                 if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
                     break
@@ -225,26 +230,84 @@ def test_a_real_server_process_answers_like_the_ranker(run, item_ids, tmp_path):
                 pass
             assert time.monotonic() < deadline, f"no /healthz in 60 s: {log.read_text()}"
             time.sleep(0.2)
-        body = rank_body(item_ids)
-        answer = httpx.post(f"{base}/v1/rank", json=body, timeout=30).json()
-        expected = Ranker.from_run(run).rank(
-            items=[e["item"] for e in body["history"]], timestamps=[1_000, 1_060], labels=[[1, 0], [0, 1]],
-            candidates=body["candidates"], timestamp=1_100,
-        )
-        got = np.array([[c["probabilities"][t] for t in TASKS] for c in answer["candidates"]])
-        np.testing.assert_allclose(got, expected, atol=ATOL, rtol=0)
-        bad = httpx.post(f"{base}/v1/rank", json={**body, "timestamp": "later"}, timeout=30)
-        assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == ["body", "timestamp"]
-        broken = httpx.post(f"{base}/v1/rank", content=b"{not json", headers={"content-type": "application/json"})
-        assert broken.status_code == 422
-        assert httpx.get(f"{base}/healthz", timeout=5).status_code == 200  # still up
+        yield base
     finally:
-        server.terminate()
+        process.terminate()
         try:
-            server.wait(timeout=15)
+            process.wait(timeout=15)
         except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+            process.kill()
+            process.wait()
+
+
+def test_a_real_server_process_answers_like_the_ranker(server, run, item_ids):
+    base = server
+    body = rank_body(item_ids)
+    answer = httpx.post(f"{base}/v1/rank", json=body, timeout=30).json()
+    expected = Ranker.from_run(run).rank(
+        items=[e["item"] for e in body["history"]], timestamps=[1_000, 1_060], labels=[[1, 0], [0, 1]],
+        candidates=body["candidates"], timestamp=1_100,
+    )
+    got = np.array([[c["probabilities"][t] for t in TASKS] for c in answer["candidates"]])
+    np.testing.assert_allclose(got, expected, atol=ATOL, rtol=0)
+    bad = httpx.post(f"{base}/v1/rank", json={**body, "timestamp": "later"}, timeout=30)
+    assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == ["body", "timestamp"]
+    broken = httpx.post(f"{base}/v1/rank", content=b"{not json", headers={"content-type": "application/json"})
+    assert broken.status_code == 422
+    assert httpx.get(f"{base}/healthz", timeout=5).status_code == 200  # still up
+
+
+def rank_requests_served(base: str) -> float:
+    for line in httpx.get(f"{base}/metrics", timeout=5).text.splitlines():
+        if line.startswith('causalgr_requests_total{route="/v1/rank",status="200"}'):
+            return float(line.split()[-1])
+    return 0.0
+
+
+def test_a_load_test_of_the_real_server_answers_every_request_like_the_ranker(server, run):
+    served_before = rank_requests_served(server)
+    result = run_loadtest(LoadTest(url=server, requests=60, concurrency=4, candidates=8, history=6, seed=1, check=5,
+                                   run=run, timeout_s=30))
+    assert result.errors == {} and result.sent == result.requested == 60 and result.passed
+    assert result.checked == 5 and result.max_abs_diff is not None and result.max_abs_diff <= ATOL
+    assert 0 < result.percentile(50) <= result.percentile(95) <= result.percentile(99) <= result.latencies_ms.max()
+    assert result.requests_per_s > 0
+    assert rank_requests_served(server) - served_before == 60
+
+
+def test_the_load_test_check_sees_a_wrong_answer(server, run, monkeypatch):
+    rank = Ranker.rank
+    monkeypatch.setattr(Ranker, "rank", lambda self, *a, **k: rank(self, *a, **k) + 1e-3)
+    result = run_loadtest(LoadTest(url=server, requests=6, concurrency=2, candidates=3, history=2, check=3, run=run))
+    assert result.errors == {} and result.checked == 3
+    assert result.max_abs_diff == pytest.approx(1e-3, abs=1e-5) and not result.check_passed and not result.passed
+
+
+def test_the_loadtest_command_prints_its_table_and_exits_0(server, run, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["causalgr", "loadtest", "--url", server, "--requests", "8", "--concurrency", "2",
+                                      "--candidates", "4", "--history", "0", "--check", "2", "--run", str(run)])
+    with pytest.raises(SystemExit) as exit_:
+        main()
+    out = capsys.readouterr().out
+    assert exit_.value.code == 0, out
+    assert "p99 latency" in out and "8 of 8" in out and "(equal)" in out
+
+
+@pytest.mark.parametrize("url", ["http://10.0.0.1:8000", "http://example.com", "http://127.0.0.1.example.com:80",
+                                 "ftp://127.0.0.1:8000", "127.0.0.1:8000"])
+def test_the_load_test_refuses_a_url_off_this_machine_in_one_line(url, monkeypatch, capsys):
+    with pytest.raises(ConfigError, match="not on this machine"):
+        run_loadtest(LoadTest(url=url))
+    monkeypatch.setattr(sys, "argv", ["causalgr", "loadtest", "--url", url])
+    with pytest.raises(SystemExit) as exit_:
+        main()
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.startswith("error: url: ") and err.count("\n") == 1, err
+
+
+def test_the_load_test_check_needs_the_run():
+    with pytest.raises(ConfigError, match="--run"):
+        run_loadtest(LoadTest(url="http://127.0.0.1:9", check=1))
 
 
 @pytest.mark.parametrize("damage", ["missing", "corrupt weights", "no item ids"])
