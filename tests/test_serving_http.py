@@ -283,6 +283,11 @@ def test_the_load_test_check_sees_a_wrong_answer(server, run, monkeypatch):
     assert result.max_abs_diff == pytest.approx(1e-3, abs=1e-5) and not result.check_passed and not result.passed
 
 
+def test_a_load_test_stops_at_its_time_limit_and_fails(server):
+    result = run_loadtest(LoadTest(url=server, requests=100, concurrency=2, timeout_s=0.001))
+    assert result.sent <= 2 < result.requested and not result.passed
+
+
 def test_the_loadtest_command_prints_its_table_and_exits_0(server, run, monkeypatch, capsys):
     monkeypatch.setattr(sys, "argv", ["causalgr", "loadtest", "--url", server, "--requests", "8", "--concurrency", "2",
                                       "--candidates", "4", "--history", "0", "--check", "2", "--run", str(run)])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Optional
 
@@ -35,11 +36,12 @@ def register(app: typer.Typer) -> None:
         from causalgr.serving.loadtest import run_loadtest
 
         torch.set_num_threads(1)  # the local check ranker shares the machine with the server
+        logging.getLogger("httpx").setLevel(logging.WARNING)  # not one log line per request
         result = run_loadtest(LoadTest(url, requests, concurrency, candidates, history, seed, check, run, timeout_s))
-        table = Table(title=f"{url} — {requests} requests, concurrency {concurrency}, "
-                            f"{candidates} candidates, {history} history events")
+        table = Table(title=f"loadtest {url}")
         table.add_column("measure")
         table.add_column("value", justify="right")
+        table.add_row("requests", f"{candidates} candidates, {history} history events, concurrency {concurrency}")
         table.add_row("answered", f"{result.sent:,} of {result.requested:,} in {result.wall_s:.2f} s")
         table.add_row("requests/s", f"{result.requests_per_s:.1f}")
         for q in (50, 95, 99):
