@@ -87,13 +87,12 @@ def run_loadtest(settings: LoadTest) -> LoadResult:
     if settings.candidates > info["limits"]["max_candidates"]:
         raise ConfigError(f"candidates: {settings.candidates} is over the server's limit of "
                           f"{info['limits']['max_candidates']:,} (causalgr serve --max-candidates)")
-    ranker = None
+    ranker, ids = None, [str(i) for i in range(1, info["num_items"] + 1)]
     if settings.run is not None:
         from causalgr.serving.ranker import Ranker
 
         ranker = Ranker.from_run(settings.run)
-    ids = sorted(ranker.items.ids) if ranker is not None and ranker.items.ids is not None else \
-        [str(i) for i in range(1, info["num_items"] + 1)]
+        ids = sorted(ranker.items.ids)  # a run's ranker always has its data's original ids
     rng = np.random.default_rng(settings.seed)
     bodies = [make_request(rng, ids, info, settings.history, settings.candidates) for _ in range(settings.requests)]
     sampled = set(rng.choice(settings.requests, settings.check, replace=False).tolist()) if settings.check else set()
