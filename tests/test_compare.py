@@ -9,23 +9,17 @@ import pytest
 from typer.testing import CliRunner
 
 from causalgr.cli import app
-from causalgr.data.errors import DataError
 from causalgr.errors import ConfigError
-from causalgr.data.sequences import PrepareSettings, prepare
-from causalgr.data.synth import SynthSettings, generate
 from causalgr.training.compare import compare, mean_ci95, summarize
 from causalgr.training.report import PLOTS
+from data_helpers import tiny_dataset
 
 TASKS = ("like", "share")
 
 
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory):
-    out = tmp_path_factory.mktemp("data") / "tiny"
-    events = generate(SynthSettings(users=40, items=30, clusters=3, events_mean=15, events_min=8, events_max=24,
-                                    tasks=TASKS, seed=5))
-    prepare(events, out, PrepareSettings(max_len=24))
-    return out
+    return tiny_dataset(tmp_path_factory.mktemp("data") / "tiny", max_len=24, users=40, items=30, clusters=3, events_mean=15, events_min=8, events_max=24, tasks=TASKS, seed=5)
 
 
 SETS = ["model.dim=8", "model.layers=1", "train.epochs=2", "data.batch_size=20", "train.threads=1"]

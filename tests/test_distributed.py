@@ -29,8 +29,6 @@ from safetensors.torch import load_file
 
 from causalgr.data.loader import SequenceLoader
 from causalgr.data.prepared import load_prepared
-from causalgr.data.sequences import PrepareSettings, prepare
-from causalgr.data.synth import SynthSettings, generate
 from causalgr.models import build_model
 from causalgr.training.config import load_config
 from causalgr.training.distributed import Ranks, process_group, split_by_events
@@ -38,6 +36,7 @@ from causalgr.training.evaluate import evaluate_run
 from causalgr.training.launch import launch
 from causalgr.training.loss import ranking_loss
 from causalgr.training.trainer import train
+from data_helpers import tiny_dataset
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 REL = 1e-5
@@ -50,11 +49,7 @@ SETS = ["model.dim=16", "model.heads=2", "model.dropout=0", f"train.epochs={EPOC
 
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory):
-    out = tmp_path_factory.mktemp("data") / "tiny"
-    events = generate(SynthSettings(users=36, items=40, clusters=4, events_mean=18, events_min=6, events_max=30,
-                                    tasks=("like", "share"), seed=7))
-    prepare(events, out, PrepareSettings(max_len=32))
-    return out
+    return tiny_dataset(tmp_path_factory.mktemp("data") / "tiny", max_len=32, users=36, items=40, clusters=4, events_mean=18, events_min=6, events_max=30, tasks=("like", "share"), seed=7)
 
 
 def config(data_dir, *extra):
@@ -103,14 +98,6 @@ def test_split_by_events_deals_longest_first_to_the_least_loaded_rank():
         assert sorted(np.concatenate(parts).tolist()) == list(range(len(events)))
         loads = [int(events[p].sum()) for p in parts]
         assert max(loads) - min(loads) <= events.max()
-
-
-@pytest.fixture
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # two threads on two busy cores slow these small steps many times
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_the_ranks_scaled_losses_average_to_the_global_mean_gradient(tiny_data, one_thread):

@@ -10,8 +10,6 @@ import torch
 from safetensors.torch import load_file
 
 from causalgr.batch import Batch
-from causalgr.data.sequences import PrepareSettings, prepare
-from causalgr.data.synth import SynthSettings, generate
 from causalgr.errors import ConfigError
 from causalgr.models import ModelConfig, RankingModel, build_model, registry
 from causalgr.models.config import _setting
@@ -20,6 +18,7 @@ from causalgr.training.config import load_config, model_section
 from causalgr.training.evaluate import load_run
 from causalgr.training.rundir import RunDir
 from causalgr.training.trainer import train
+from data_helpers import tiny_dataset
 
 SETS = ["model.dim=8", "model.layers=1", "train.epochs=1", "data.batch_size=20", "train.progress=false",
         "train.threads=1"]
@@ -42,11 +41,7 @@ class ItemsOnly(RankingModel):
 
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory):
-    out = tmp_path_factory.mktemp("data") / "tiny"
-    events = generate(SynthSettings(users=30, items=20, clusters=2, events_mean=12, events_min=8, events_max=16,
-                                    tasks=("click", "like"), seed=3))
-    prepare(events, out, PrepareSettings(max_len=16))
-    return out
+    return tiny_dataset(tmp_path_factory.mktemp("data") / "tiny", max_len=16, users=30, items=20, clusters=2, events_mean=12, events_min=8, events_max=16, tasks=("click", "like"), seed=3)
 
 
 def test_a_new_formulation_is_one_class_and_one_registry_line(tiny_data, tmp_path, monkeypatch):

@@ -16,7 +16,6 @@ import httpx
 import numpy as np
 import polars as pl
 import pytest
-import torch
 
 import causalgr
 from causalgr.cli import main
@@ -36,12 +35,7 @@ TASKS = ("click", "like")
 ATOL = 1e-5
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

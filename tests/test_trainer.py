@@ -14,15 +14,13 @@ from typer.testing import CliRunner
 from causalgr.cli import app
 
 from causalgr.data.prepared import load_prepared
-from causalgr.data.sequences import PrepareSettings, prepare
-from causalgr.data.synth import SynthSettings, generate
-from causalgr.training import trainer as trainer_module
 from causalgr.errors import ConfigError
 from causalgr.training.config import load_config
 from causalgr.training.evaluate import evaluate_run
 from causalgr.training import step as step_module
 from causalgr.training.step import lr_factor
 from causalgr.training.trainer import train
+from data_helpers import tiny_dataset
 
 TIMING_KEYS = {"train_seconds", "seconds_to_best", "train_events_per_second", "seconds_per_epoch"}
 RECORD_TIMING_KEYS = {"train_step_seconds", "train_events_per_second", "epoch_seconds", "elapsed_seconds"}
@@ -30,11 +28,7 @@ RECORD_TIMING_KEYS = {"train_step_seconds", "train_events_per_second", "epoch_se
 
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory):
-    out = tmp_path_factory.mktemp("data") / "tiny"
-    events = generate(SynthSettings(users=48, items=40, clusters=4, events_mean=18, events_min=8, events_max=30,
-                                    tasks=("like", "share"), seed=3))
-    prepare(events, out, PrepareSettings(max_len=32))
-    return out
+    return tiny_dataset(tmp_path_factory.mktemp("data") / "tiny", max_len=32, users=48, items=40, clusters=4, events_mean=18, events_min=8, events_max=30, tasks=("like", "share"), seed=3)
 
 
 def tiny_config(data_dir, *overrides):
