@@ -12,7 +12,7 @@ import polars as pl
 
 from causalgr.data.errors import DataError
 from causalgr.data.events import EventTable
-from causalgr.data.prepared import FORMAT_VERSION, PreparedData, load_prepared
+from causalgr.data.prepared import FORMAT_VERSION, META, PreparedData, load_prepared
 
 if TYPE_CHECKING:
     from causalgr.data.sequences import PrepareSettings
@@ -44,7 +44,7 @@ def load_cached(out: Path, key: str) -> PreparedData | None:
     A `meta.json` that is not reused is deleted, so a rebuild interrupted half-way never leaves
     a folder that looks prepared under the old key.
     """
-    meta_path = out / "meta.json"
+    meta_path = out / META
     if not meta_path.is_file():
         return None
     try:

@@ -30,6 +30,8 @@ import polars as pl
 from causalgr.data.errors import DataError
 
 FORMAT_VERSION = 1
+# The files of a prepared-dataset folder (the module docstring describes each).
+EVENTS, META, ITEM_IDS, USER_IDS = "events.parquet", "meta.json", "item_ids.parquet", "user_ids.parquet"
 SPLITS = {"train": 0, "valid": 1, "test": 2}
 
 
@@ -96,17 +98,17 @@ def save_prepared(
     """Write `data` as a prepared-dataset folder; `item_ids`/`user_ids` map dense to original ids."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    events_frame(data).write_parquet(out / "events.parquet")
-    item_ids.write_parquet(out / "item_ids.parquet")
-    user_ids.write_parquet(out / "user_ids.parquet")
+    events_frame(data).write_parquet(out / EVENTS)
+    item_ids.write_parquet(out / ITEM_IDS)
+    user_ids.write_parquet(out / USER_IDS)
     meta = {"format_version": FORMAT_VERSION, **data.meta}
-    (out / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    (out / META).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
 
 
 def load_prepared(path: Path | str) -> PreparedData:
     """Read a prepared-dataset folder; a clear `DataError` if it is not one."""
     path = Path(path)
-    meta_path, events_path = path / "meta.json", path / "events.parquet"
+    meta_path, events_path = path / META, path / EVENTS
     if not meta_path.is_file() or not events_path.is_file():
         raise DataError(
             f"{path}: not a prepared dataset (no meta.json / events.parquet); "

@@ -21,6 +21,7 @@ from safetensors import SafetensorError
 
 from causalgr.batch import Batch
 from causalgr.data.errors import DataError
+from causalgr.data.prepared import ITEM_IDS
 from causalgr.errors import CausalgrError
 from causalgr.models import RankingModel
 from causalgr.serving.history import (
@@ -184,7 +185,7 @@ def candidate_batch(history: History, candidates: np.ndarray, timestamp: int) ->
 
 def read_item_index(data: Path, num_items: int) -> ItemIndex:
     """The original ↔ dense item ids of a prepared dataset; `DataError` if missing or not the model's."""
-    path = data / "item_ids.parquet"
+    path = data / ITEM_IDS
     if not path.is_file():
         raise DataError(f"{path}: not found; the run's prepared data (config.yaml data.path, or --data) holds its item ids")
     try:
