@@ -124,7 +124,7 @@ class Ranks:
                 yield batch, 1.0
             return
         for rows in loader.batch_users():
-            mine = rows[split_by_events(loader.row_lengths[rows], self.world_size)[self.rank]]
+            mine = self._share(loader, rows)
             if len(mine) == 0:
                 batch = loader.make_batch(rows[:1])
                 batch.loss_mask[:] = False
@@ -139,9 +139,13 @@ class Ranks:
             yield from loader
             return
         for rows in loader.batch_users():
-            mine = rows[split_by_events(loader.row_lengths[rows], self.world_size)[self.rank]]
+            mine = self._share(loader, rows)
             if len(mine):
                 yield loader.make_batch(mine)
+
+    def _share(self, loader: SequenceLoader, rows: np.ndarray) -> np.ndarray:
+        """This rank's rows of the global batch `rows` (`split_by_events`)."""
+        return rows[split_by_events(loader.row_lengths[rows], self.world_size)[self.rank]]
 
     # --- reductions over the ranks -------------------------------------------------------------
 

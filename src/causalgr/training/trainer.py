@@ -287,7 +287,7 @@ class _Run:
             bar.set_postfix(loss=f"{loss_sum / max(events, 1):.4f}", ev_s=f"{events / max(seconds, 1e-9):,.0f}")
         return loss_sum / max(events, 1), events, seconds
 
-    def fit(self, stop_after_epochs: int | None) -> dict:
+    def fit(self, stop_after_epochs: int | None) -> TrainResult:
         t = self.config.train
         epochs_this_call = 0
         while not self.stopped_early and self.epoch < t.epochs:
