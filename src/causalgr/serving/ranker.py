@@ -34,6 +34,7 @@ from causalgr.serving.history import (
     check_timestamps,
 )
 from causalgr.serving.items import ItemIndex, with_unknown_item
+from causalgr.training.evaluate import load_run
 from causalgr.training.rundir import RunDir
 
 ROWS_PER_PASS = 256  # candidate rows per forward pass: bounds memory at rows × (N + 1) tokens
@@ -74,8 +75,6 @@ class Ranker:
         """The ranker of a `causalgr train` run folder: its `weights`, and the item ids of its
         prepared data (`data`, default the run's `data.path`). `DataError` naming the file when
         the run or the data cannot be read."""
-        from causalgr.training.evaluate import load_run
-
         run = run if isinstance(run, RunDir) else RunDir(run)
         try:
             model, config = load_run(run, weights, device)
