@@ -46,10 +46,11 @@ DISTURBED = 0.8  # throughput below this share of the typical one counts as dist
 DEFINITIONS = {
     "loss": "test eval loss: sum over tasks of the mean log loss on the test positions (streaming evaluation)",
     "rel_improvement": "(L_interleaved - L_model) / L_interleaved on test loss, paired by seed; > 0 is better",
+    "valid_rel_improvement": "the same on validation loss: the column choices between configurations are made on",
     "ci95": "mean +- t_{0.975, n-1} * sd / sqrt(n) over seeds (Student t); null with fewer than 2 seeds",
     "speedup": "median_events_per_second(model) / median_events_per_second(interleaved), paired by seed: the ratio "
     "of the runs' median per-epoch training throughput (= ratio of training-step seconds per epoch; validation excluded)",
-    "disturbed": "an epoch below 0.8 x its run's median throughput, or a run whose median is below 0.8 x the median "
+    "disturbed": f"an epoch below {DISTURBED} x its run's median throughput, or a run whose median is below {DISTURBED} x the median "
     "of its formulation's runs (other load on the machine); speedups use medians so one such epoch does not move them",
     "train_time_reduction": "(T_interleaved - T_model) / T_interleaved on total training wall seconds, paired by seed",
     "train_events_per_second": "loss-carrying (item, action) events per second of training steps, whatever the token count",
