@@ -31,7 +31,7 @@ class ModelConfig:
     num_action_values: int = _setting(0, "categorical action value vocabulary (ratings 1..5 → 6); 0 = unused")
     time_buckets: int = _setting(32, "log-bucketed time-gap bias / embedding buckets")
     # The paper leaves these open (docs/design.md §1); defaults are chosen by measurement, see README.
-    pool_heads: int = _setting(2, "lfa (and mvp with mvp_pool_readout): heads of the action pooling; must divide dim")
+    pool_heads: int = _setting(1, "lfa (and mvp with mvp_pool_readout): heads of the action pooling; must divide dim")
     mvp_pool_readout: bool = _setting(True, "mvp: add an lfa-style action-pooling readout after the mvp layers")
     action_norm: bool = _setting(True, "LayerNorm on the action embedding before it enters attention values")
     attention: str = _setting(
