@@ -8,8 +8,9 @@
     checkpoint/model.safetensors weights at the end of the last finished epoch
     checkpoint/best.safetensors  weights of the best validation epoch
     curves.png                   training and validation loss per epoch
+    tensorboard/                 TensorBoard event files: per-step and per-epoch curves (`progress.py`)
 
-Every file is written atomically: a temporary name, then a rename.
+Every file but the event files is written atomically: a temporary name, then a rename.
 """
 
 from __future__ import annotations
@@ -67,6 +68,10 @@ class RunDir:
     @property
     def state_file(self) -> Path:
         return self.checkpoint / "state.pt"
+
+    @property
+    def tensorboard_dir(self) -> Path:
+        return self.path / "tensorboard"
 
     @property
     def curves_file(self) -> Path:

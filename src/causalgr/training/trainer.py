@@ -25,7 +25,6 @@ import logging
 import math
 import os
 import random
-import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -34,7 +33,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors.torch import load_model, save_model
-from tqdm.auto import tqdm
 
 from causalgr.data.loader import SequenceLoader
 from causalgr.data.prepared import PreparedData, load_prepared
@@ -43,6 +41,7 @@ from causalgr.errors import CausalgrError, ConfigError
 from causalgr.training.config import TrainConfig
 from causalgr.training.distributed import Ranks, process_group
 from causalgr.training.evaluate import evaluate, resolve_device
+from causalgr.training.progress import TrainLog
 from causalgr.training.report import plot_run_curves
 from causalgr.training.rundir import RunDir, atomic_write
 from causalgr.training.step import Optimizer, train_step
@@ -178,7 +177,11 @@ def train(
             run.create()
             run.write_config(config)
         with _torch_settings(ranks.threads(t.threads), t.deterministic):
-            return _Run(config, data, run, ranks).fit(stop_after_epochs)
+            session = _Run(config, data, run, ranks)
+            try:
+                return session.fit(stop_after_epochs)
+            finally:
+                session.log.close()
 
 
 class _Run:
@@ -214,6 +217,7 @@ class _Run:
         if run.state_file.is_file():
             self._load_checkpoint()
         self.train_model = ranks.wrap(self.model)  # what the training steps run; the weights are self.model's
+        self.log = TrainLog(run, ranks.is_main, t.progress, len(self.train_loader), t.epochs, resume_epoch=self.epoch)
 
     # --- checkpoints -------------------------------------------------------------------------
 
@@ -264,14 +268,8 @@ class _Run:
         self.train_loader.set_epoch(self.epoch)
         ranks.seed_epoch(t.seed, self.epoch)
         loss_sum, events, seconds = 0.0, 0, 0.0
-        bar = tqdm(
-            ranks.train_batches(self.train_loader), total=len(self.train_loader),
-            desc=f"{self.run.name} epoch {self.epoch}/{t.epochs}",
-            disable=not t.progress or not sys.stderr.isatty() or not ranks.is_main, leave=False, unit="batch",
-            dynamic_ncols=True,
-        )
         start = time.perf_counter()
-        for step, (batch, share) in enumerate(bar, start=1):
+        for step, (batch, share) in enumerate(self.log.epoch_steps(ranks.train_batches(self.train_loader), self.epoch), start=1):
             batch = batch.to(self.device)
             lr = self.optimizer.lr
             loss = train_step(model, self.optimizer, batch, self.task_weights, share).item()  # syncs: the time is real on GPU
@@ -284,7 +282,7 @@ class _Run:
             loss_sum += loss * n
             seconds = time.perf_counter() - start  # batching, forward, backward and optimizer steps
             events += n
-            bar.set_postfix(loss=f"{loss_sum / max(events, 1):.4f}", ev_s=f"{events / max(seconds, 1e-9):,.0f}")
+            self.log.step(step, loss, loss_sum / max(events, 1), lr, events / max(seconds, 1e-9))
         return loss_sum / max(events, 1), events, seconds
 
     def fit(self, stop_after_epochs: int | None) -> TrainResult:
@@ -329,6 +327,7 @@ class _Run:
                 "best": improved,
             }
             self.history.append(record)
+            self.log.end_epoch(record)
             if self.ranks.is_main:
                 # The record goes first: a resume drops records past the checkpoint's epoch, never misses one.
                 self.run.append_history(record)
