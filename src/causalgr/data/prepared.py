@@ -150,9 +150,9 @@ class EventsWriter:
     """Writes `events.parquet` from frames of its rows in order, in row groups of whole users with
     at most `row_group_events` events each (one user alone may exceed it)."""
 
-    def __init__(self, path: Path, row_group_events: int = ROW_GROUP_EVENTS) -> None:
+    def __init__(self, path: Path, row_group_events: int | None = None) -> None:
         self.path = path
-        self.row_group_events = row_group_events
+        self.row_group_events = row_group_events or ROW_GROUP_EVENTS
         self.pending: list[pl.DataFrame] = []
         self.pending_rows = 0
         self.writer: pq.ParquetWriter | None = None
