@@ -211,6 +211,8 @@ def load_prepared(path: Path | str, share: tuple[int, int] | None = None) -> Pre
     if share is not None and share[1] > 1 and (path / USER_EVENTS).is_file():
         user_split_events = pl.read_parquet(path / USER_EVENTS).select(list(SPLITS)).to_numpy().astype(np.int64)
         first_user, last_user = rank_users(user_split_events.sum(axis=1), *share)
+        if last_user < first_user:
+            raise DataError(f"{path}: no users for rank {share[0]} of {share[1]}: the dataset has too few; use fewer processes")
         frame = _read_users(events_path, first_user, last_user)
         num_users = last_user - first_user + 1
     else:

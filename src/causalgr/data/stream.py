@@ -126,7 +126,7 @@ def _write_prepared(
     for lo, hi in ranges:
         frame = (
             pl.scan_parquet(runs.files)
-            .filter(pl.col("user_id").is_between(user_ids[lo], user_ids[hi]))
+            .filter(pl.col("user_id").is_between(pl.lit(user_ids[lo]), pl.lit(user_ids[hi])))
             .collect()
             .sort(["user_id", "timestamp", "_row"])
         )
