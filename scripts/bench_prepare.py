@@ -1,98 +1,159 @@
-"""Benchmark (not a test): time and peak memory to prepare N random events (default 10 million).
+"""Benchmark (not a test): time and peak memory of streaming preparation and of one rank's loader.
 
-The events come straight from numpy (skewed user activity, so some users are truncated), with
-three tasks, their "true" probabilities and a 1–5 action value, like a synthetic dataset.
+Each step runs in a process of its own, so its peak RSS is its own (`os.wait4`):
 
-    .venv/bin/python scripts/bench_prepare.py [--events 10000000] [--split user|time]
+- `generate`: N random events (skewed user activity, so some users are truncated; three tasks,
+  their "true" probabilities, a 1–5 action value) written to a Parquet file chunk by chunk, so
+  the generator never holds them all;
+- `prepare`: that file, read in Arrow record batches, through `prepare_stream` (what
+  `causalgr data prepare` runs after reading a source);
+- `synth`: `causalgr data synth` with about N events (users × --events-mean);
+- `loader`: rank 0 of --ranks reading its share of the `prepare` output
+  (`load_prepared(share=…)`) and building every training batch of one epoch.
+
+    .venv/bin/python scripts/bench_prepare.py --events 10000000 --work /tmp/bench [--steps events,prepare,synth,loader]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import logging
-import resource
+import os
+import shutil
+import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
 
-from causalgr.data.events import EventTable
-from causalgr.cli.data import format_stats
-from causalgr.data.sequences import PrepareSettings, prepare
-
-
-def peak_rss_bytes() -> int:
-    # ru_maxrss is in kilobytes on Linux, bytes on macOS.
-    scale = 1 if sys.platform == "darwin" else 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+TASKS = ("click", "like", "share")
+_CHUNK = 1 << 20
 
 
-def random_events(num_events: int, num_users: int, num_items: int, seed: int) -> EventTable:
+def write_random_events(path: Path, num_events: int, num_users: int, num_items: int, seed: int) -> None:
     rng = np.random.default_rng(seed)
-    tasks = ("click", "like", "share")
     user_names = rng.choice(2**40, size=num_users, replace=False)  # sparse original ids
     item_names = rng.choice(2**40, size=num_items, replace=False)
-    user = (num_users * rng.random(num_events) ** 2).astype(np.int64)  # skewed activity
-    item = (num_items * rng.random(num_events) ** 3).astype(np.int64)  # skewed popularity
-    columns = {
-        "user_id": user_names[user],
-        "item_id": item_names[item],
-        "timestamp": rng.integers(1_600_000_000, 1_600_000_000 + 365 * 86_400, size=num_events),
-    }
-    probs = {}
-    for t, task in enumerate(tasks):
-        p = rng.random(num_events, dtype=np.float64) * (0.6 / (t + 1))
-        probs[f"prob_{task}"] = p
-        columns[task] = (rng.random(num_events) < p).astype(np.uint8)
-    columns["action_value"] = rng.integers(1, 6, size=num_events, dtype=np.int16)
-    columns.update(probs)
-    frame = pl.DataFrame(columns)
-    return EventTable(frame=frame, tasks=tasks, source="bench:random", sha256=f"bench-{num_events}-{seed}")
+    with pq.ParquetWriter(path, _schema()) as writer:
+        for start in range(0, num_events, _CHUNK):
+            n = min(_CHUNK, num_events - start)
+            user = (num_users * rng.random(n) ** 2).astype(np.int64)  # skewed activity
+            item = (num_items * rng.random(n) ** 3).astype(np.int64)  # skewed popularity
+            columns = {
+                "user_id": user_names[user],
+                "item_id": item_names[item],
+                "timestamp": rng.integers(1_600_000_000, 1_600_000_000 + 365 * 86_400, size=n),
+            }
+            probs = {f"prob_{task}": rng.random(n) * (0.6 / (t + 1)) for t, task in enumerate(TASKS)}
+            for task in TASKS:
+                columns[task] = (rng.random(n) < probs[f"prob_{task}"]).astype(np.uint8)
+            columns["action_value"] = rng.integers(1, 6, size=n, dtype=np.int16)
+            columns.update(probs)
+            writer.write_table(pa.table(columns, schema=_schema()))
+
+
+def _schema() -> pa.Schema:
+    fields = [("user_id", pa.int64()), ("item_id", pa.int64()), ("timestamp", pa.int64())]
+    fields += [(task, pa.uint8()) for task in TASKS] + [("action_value", pa.int16())]
+    fields += [(f"prob_{task}", pa.float64()) for task in TASKS]
+    return pa.schema(fields)
+
+
+def step_prepare(events_file: Path, out: Path, max_len: int, split: str) -> None:
+    import polars as pl
+
+    from causalgr.data.events import EventTable
+    from causalgr.data.sequences import PrepareSettings
+    from causalgr.data.stream import prepare_stream
+
+    def chunks():
+        for batch in pq.ParquetFile(events_file).iter_batches(batch_size=_CHUNK):
+            yield pl.from_arrow(batch)
+
+    events = EventTable(frame=None, chunks=chunks, tasks=TASKS, source="bench:random", sha256=events_file.name)
+    prepare_stream(events, out, PrepareSettings(max_len=max_len, split=split))
+
+
+def step_loader(prepared: Path, rank: int, ranks: int) -> dict:
+    from causalgr.data.loader import SequenceLoader
+    from causalgr.data.prepared import load_prepared
+
+    data = load_prepared(prepared, share=(rank, ranks))
+    loader = SequenceLoader(data, "train", batch_size=64, shuffle=True)
+    rows = 0
+    for users in loader.batch_users():
+        mine = users[loader.holds(users)]
+        if len(mine):
+            rows += len(loader.make_batch(mine).lengths)
+    return {"events_held": int(len(data.items)), "users_held": rows, "users": data.num_users}
+
+
+def run_step(argv: list[str]) -> dict:
+    """Run one step in a fresh process: its wall time and peak RSS."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
+    output = proc.stdout.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    if status != 0:
+        raise SystemExit(f"step failed: {' '.join(argv)}")
+    scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: kilobytes on Linux
+    result = {"seconds": round(time.perf_counter() - start, 1), "peak_rss_gib": round(usage.ru_maxrss * scale / 2**30, 2)}
+    lines = output.strip().splitlines()
+    if lines and lines[-1].startswith("{"):
+        result.update(json.loads(lines[-1]))
+    return result
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=10_000_000)
-    parser.add_argument("--users", type=int, default=200_000)
+    parser.add_argument("--users", type=int, default=0, help="default: events / 50")
     parser.add_argument("--items", type=int, default=500_000)
     parser.add_argument("--split", choices=["user", "time"], default="user")
     parser.add_argument("--max-len", type=int, default=512)
+    parser.add_argument("--ranks", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=None, help="folder to write (default: a temporary one)")
+    parser.add_argument("--work", type=Path, required=True, help="folder for the data (deleted afterwards)")
+    parser.add_argument("--steps", default="generate,prepare,synth,loader")
+    parser.add_argument("--step", default=None, help=argparse.SUPPRESS)  # one step, in its own process
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    users = args.users or max(1, args.events // 50)
+    events_file, prepared, synth = args.work / "events.parquet", args.work / "prepared", args.work / "synth"
 
-    start = time.perf_counter()
-    events = random_events(args.events, args.users, args.items, args.seed)
-    generate_s = time.perf_counter() - start
-    rss_after_generate = peak_rss_bytes()
+    if args.step == "generate":
+        write_random_events(events_file, args.events, users, args.items, args.seed)
+        return
+    if args.step == "prepare":
+        step_prepare(events_file, prepared, args.max_len, args.split)
+        return
+    if args.step == "loader":
+        print(json.dumps(step_loader(prepared, 0, args.ranks)))
+        return
 
-    settings = PrepareSettings(max_len=args.max_len, split=args.split)
-    with tempfile.TemporaryDirectory() as tmp:
-        out = args.out or Path(tmp) / "prepared"
-        start = time.perf_counter()
-        data = prepare(events, out, settings)
-        prepare_s = time.perf_counter() - start
-        start = time.perf_counter()
-        prepare(events, out, settings)
-        cached_s = time.perf_counter() - start
-    print(format_stats(data.meta))
-    result = {
-        "events_in": args.events,
-        "events_out": int(len(data.items)),
-        "split": args.split,
-        "generate_seconds": round(generate_s, 2),
-        "prepare_seconds": round(prepare_s, 2),
-        "cached_prepare_seconds": round(cached_s, 2),
-        "peak_rss_after_generate_bytes": rss_after_generate,
-        "peak_rss_bytes": peak_rss_bytes(),
-        "peak_rss_gib": round(peak_rss_bytes() / 2**30, 2),
-    }
-    print(json.dumps(result, indent=2))
+    args.work.mkdir(parents=True, exist_ok=True)
+    me = [sys.executable, __file__, "--events", str(args.events), "--users", str(users), "--items", str(args.items),
+          "--split", args.split, "--max-len", str(args.max_len), "--ranks", str(args.ranks), "--seed", str(args.seed),
+          "--work", str(args.work)]  # fmt: skip
+    results: dict = {"events": args.events, "users": users, "split": args.split, "max_len": args.max_len}
+    steps = args.steps.split(",")
+    try:
+        for step in steps:
+            if step == "synth":
+                mean = args.events / users
+                argv = [sys.executable, "-m", "causalgr.cli", "data", "synth", "--out", str(synth),
+                        "--users", str(users), "--items", str(min(args.items, 20_000)), "--events-mean", str(mean),
+                        "--events-min", "5", "--events-max", str(int(4 * mean)), "--max-len", str(args.max_len)]  # fmt: skip
+                results["synth"] = run_step(argv)
+                shutil.rmtree(synth, ignore_errors=True)
+            else:
+                results[step] = run_step([*me, "--step", step])
+            print(json.dumps({step: results[step]}), flush=True)
+    finally:
+        shutil.rmtree(args.work, ignore_errors=True)
+    print(json.dumps(results, indent=2))
 
 
 if __name__ == "__main__":

@@ -18,9 +18,10 @@ from rich.table import Table
 from causalgr.data.errors import DataError
 from causalgr.data.fetch import fetch_ml100k
 from causalgr.data.prepared import SPLITS, load_prepared
-from causalgr.data.sequences import PrepareSettings, prepare
+from causalgr.data.sequences import PrepareSettings
 from causalgr.data.sources import KUAIRAND_TASKS, SOURCES, load_source
-from causalgr.data.synth import SynthSettings, generate
+from causalgr.data.stream import prepare_stream
+from causalgr.data.synth import SynthSettings, synthetic_events
 from causalgr.errors import ConfigError, format_validation_error
 
 app = typer.Typer(no_args_is_help=True, add_completion=False)
@@ -105,8 +106,7 @@ def prepare_command(
         time_format=time_format,
         include_random=include_random,
     )
-    data = prepare(events, out, settings)
-    typer.echo(format_stats(data.meta))
+    typer.echo(format_stats(prepare_stream(events, out, settings)))
 
 
 @app.command()
@@ -123,8 +123,7 @@ def synth_command(out: Path, max_len: int, **given: Any) -> None:
         settings = SynthSettings(**{name: value for name, value in given.items() if value is not None})
     except pydantic.ValidationError as err:
         raise ConfigError(format_validation_error(err, "data synth")) from None
-    data = prepare(generate(settings), out, PrepareSettings(max_len=max_len))
-    typer.echo(format_stats(data.meta))
+    typer.echo(format_stats(prepare_stream(synthetic_events(settings), out, PrepareSettings(max_len=max_len))))
 
 
 def _synth_option(name: str, field: FieldInfo) -> inspect.Parameter:

@@ -9,10 +9,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from causalgr.data.errors import DataError
 from causalgr.data.events import EventTable
-from causalgr.data.prepared import FORMAT_VERSION, META, PreparedData, load_prepared
+from causalgr.data.prepared import EVENTS, FORMAT_VERSION, META, PreparedData, load_prepared
 
 if TYPE_CHECKING:
     from causalgr.data.sequences import PrepareSettings
@@ -55,6 +57,28 @@ def load_cached(out: Path, key: str) -> PreparedData | None:
         try:
             return load_prepared(out)
         except (DataError, OSError, pl.exceptions.PolarsError, KeyError) as err:
+            log.info("cached prepared data in %s is unreadable (%s); rebuilding", out, err)
+    meta_path.unlink()
+    return None
+
+
+def cached_meta(out: Path, key: str) -> dict | None:
+    """`meta.json` of the prepared data in `out` when it holds `key` and its files are there
+    (without reading the events), else None; a `meta.json` not reused is deleted, as by
+    `load_cached`."""
+    meta_path = out / META
+    if not meta_path.is_file():
+        return None
+    try:
+        meta = json.loads(meta_path.read_text())
+        cached_key = meta.get("cache_key")
+    except (json.JSONDecodeError, OSError, AttributeError):
+        meta, cached_key = None, None
+    if cached_key == key and meta.get("format_version") == FORMAT_VERSION:
+        try:
+            pq.read_metadata(out / EVENTS)
+            return meta
+        except (OSError, pa.ArrowException) as err:
             log.info("cached prepared data in %s is unreadable (%s); rebuilding", out, err)
     meta_path.unlink()
     return None

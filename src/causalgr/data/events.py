@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import polars as pl
@@ -18,9 +19,12 @@ class EventTable:
 
     The same file read with other task definitions or read options is another dataset: both
     are part of the prepared data's cache key and `meta.json`.
+
+    A table too large to hold gives `chunks` instead of `frame`: a function returning its rows
+    as frames, in order (`causalgr.data.stream.prepare_stream` reads it once).
     """
 
-    frame: pl.DataFrame
+    frame: pl.DataFrame | None
     tasks: tuple[str, ...]
     source: str  # e.g. "ml-100k", "recbole:path/x.inter", "synthetic"
     sha256: str  # checksum of the source file(s), or of the generator settings
@@ -31,3 +35,11 @@ class EventTable:
     # The options the source was read with beyond its defaults: the column mapping of
     # recbole:/table: sources (`user_col`, `time_format`, …) and `include_random`.
     read_options: dict[str, str | bool] = field(default_factory=dict)
+    chunks: Callable[[], Iterator[pl.DataFrame]] | None = None
+
+    def iter_chunks(self, rows: int) -> Iterator[pl.DataFrame]:
+        """The rows in order, as frames of at most `rows` rows (a source's own chunks may be smaller)."""
+        frames = self.chunks() if self.frame is None else iter([self.frame])
+        for frame in frames:
+            for start in range(0, frame.height, rows):
+                yield frame.slice(start, rows)

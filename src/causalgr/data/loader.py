@@ -11,6 +11,10 @@ time-ordered sequence: train, then valid, then test):
   positions.
 
 Users with no loss position in the split are skipped.
+
+A loader over a rank's share of the data (`load_prepared(share=…)`) draws the same batches as one
+over all of it — the order depends on every user's split sizes, which a share knows — and builds
+batches of the users it holds (`holds`).
 """
 
 from __future__ import annotations
@@ -59,11 +63,14 @@ class SequenceLoader:
             step_back = np.flatnonzero(np.diff(data.split.astype(np.int16)) < 0) + 1
             if np.any(~np.isin(step_back, offsets)):
                 raise ValueError("prepared data has a user whose split goes backwards in time; prepare it again")
-        # Events per user in each split, from cumulative counts at the CSR offsets.
-        per_split = []
-        for s in range(len(SPLITS)):
-            cum = np.concatenate([[0], np.cumsum(data.split == s)])
-            per_split.append(cum[offsets[1:]] - cum[offsets[:-1]])
+        if data.holds_all:
+            # Events per user in each split, from cumulative counts at the CSR offsets.
+            per_split = []
+            for s in range(len(SPLITS)):
+                cum = np.concatenate([[0], np.cumsum(data.split == s)])
+                per_split.append(cum[offsets[1:]] - cum[offsets[:-1]])
+        else:
+            per_split = list(data.user_split_events.T)
         self.loss_counts = per_split[code]  # [U]: loss positions of each 0-based user row
         self.row_lengths = sum(per_split[: code + 1])  # [U]: events in each row (the prefix through this split)
         self._users = np.flatnonzero(self.loss_counts > 0)  # 0-based user rows with loss
@@ -94,13 +101,19 @@ class SequenceLoader:
         for rows in self.batch_users():
             yield self.make_batch(rows)
 
+    def holds(self, rows: np.ndarray) -> np.ndarray:
+        """Which of these 0-based user rows have their events here (all, unless a rank's share)."""
+        first = self.data.first_user - 1
+        return (rows >= first) & (rows < first + len(self.data.offsets) - 1)
+
     def make_batch(self, rows: np.ndarray) -> Batch:
-        """The padded `Batch` of these 0-based user rows, in this order."""
+        """The padded `Batch` of these 0-based user rows (held here), in this order."""
         data = self.data
         lengths = self.row_lengths[rows]  # [B]
         N = int(lengths.max())
         valid = np.arange(N)[None, :] < lengths[:, None]  # [B, N]
-        index = np.where(valid, data.offsets[rows][:, None] + np.arange(N)[None, :], 0)  # [B, N] into events
+        starts = data.offsets[rows - (data.first_user - 1)]  # [B]
+        index = np.where(valid, starts[:, None] + np.arange(N)[None, :], 0)  # [B, N] into events
         items = np.where(valid, data.items[index], 0)
         timestamps = np.where(valid, data.timestamps[index], 0)
         labels = data.labels[index] * valid[:, :, None]  # [B, N, T]

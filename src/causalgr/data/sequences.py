@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
+from collections.abc import Callable
 from typing import Literal
 
 import numpy as np
@@ -98,14 +99,9 @@ def build_sequences(
     """
     settings = settings or PrepareSettings()
     tasks = tuple(events.tasks)
-    frame = _checked_frame(events)
+    frame = checked_frame(events.frame, events.source, tasks)
     has_values = "action_value" in frame.columns
     has_probs = all(f"prob_{t}" in frame.columns for t in tasks) and len(tasks) > 0
-    if has_values:
-        lowest = frame["action_value"].min()
-        if lowest is not None and lowest < 0:
-            row = int(frame["action_value"].arg_min())
-            raise DataError(f"{events.source}: event row {row}, column 'action_value': negative value {lowest}")
 
     # Dense codes over all input ids (ascending original id); compacted after dropping rows.
     frame = frame.with_columns(
@@ -117,36 +113,11 @@ def build_sequences(
 
     user = frame["_user"].to_numpy().astype(np.int64)  # [E], 1..U0, non-decreasing
     timestamps = frame["timestamp"].to_numpy()
-    counts = np.bincount(user)  # [U0 + 1], counts[0] = 0
-    starts = np.cumsum(counts) - counts
-    # back = 0 for a user's most recent event, 1 for the one before, …
-    back = counts[user] - 1 - (np.arange(len(user)) - starts[user])
-    keep = back < settings.max_len
-    dropped: dict[str, int] = {}
-    _count(dropped, DROP_TRUNCATED, int(len(keep) - keep.sum()))
-
-    split_meta: dict
-    dropped_users: dict[str, int] = {}
-    if settings.split == "user":
-        kept_len = np.minimum(counts, settings.max_len)
-        n_test = np.floor(settings.test_frac * kept_len + _FLOOR_EPS).astype(np.int64)
-        n_eval = n_test + np.floor(settings.valid_frac * kept_len + _FLOOR_EPS).astype(np.int64)
-        split = np.where(back < n_test[user], SPLITS["test"], np.where(back < n_eval[user], SPLITS["valid"], SPLITS["train"]))
-        split = split.astype(np.int8)
-        split_meta = {"kind": "user", "valid_frac": settings.valid_frac, "test_frac": settings.test_frac}
-    else:
-        valid_start, test_start = _time_cutoffs(frame["timestamp"], settings, events.source)
-        split = np.full(len(user), SPLITS["train"], dtype=np.int8)
-        split[timestamps >= valid_start] = SPLITS["valid"]
-        split[timestamps >= test_start] = SPLITS["test"]
-        has_train = np.bincount(user[keep & (split == SPLITS["train"])], minlength=len(counts)) > 0
-        orphan = keep & ~has_train[user]
-        _count(dropped, DROP_NO_TRAIN, int(orphan.sum()))
-        n_orphan_users = int(np.count_nonzero((counts > 0) & ~has_train))
-        if n_orphan_users:
-            dropped_users[DROP_NO_TRAIN] = n_orphan_users
-        keep &= ~orphan
-        split_meta = {"kind": "time", "valid_start": valid_start, "test_start": test_start}
+    cutoffs = None
+    if settings.split == "time":
+        cutoffs = time_cutoffs(settings, events.source, lambda q: int(frame["timestamp"].quantile(q, interpolation="nearest")))
+    keep, split, dropped, orphan_users = truncate_and_split(user, timestamps, settings, cutoffs)
+    counts = np.bincount(user)
     if not keep.any():
         raise DataError(f"{events.source}: no events left after truncation and splitting ({dropped})")
 
@@ -168,9 +139,6 @@ def build_sequences(
         for t, task in enumerate(tasks):
             true_probs[:, t] = frame[f"prob_{task}"].to_numpy()[keep]
 
-    merged = dict(events.dropped)
-    for reason, rows in dropped.items():
-        _count(merged, reason, rows)
     data = PreparedData(
         offsets=offsets,
         items=new_item[item_code[keep]].astype(np.int32),
@@ -179,24 +147,15 @@ def build_sequences(
         action_values=action_values,
         split=split[keep],
         true_probs=true_probs,
-        meta={
-            "format_version": FORMAT_VERSION,
-            "source": events.source,
-            "tasks": list(tasks),
-            "task_definitions": dict(events.task_definitions),
-            "read_options": dict(events.read_options),
-            "num_users": len(user_ids),
-            "num_items": len(item_ids),
-            "num_action_values": int(action_values.max()) + 1 if action_values is not None else 0,
-            "max_len": settings.max_len,
-            "split": split_meta,
-            "source_sha256": events.sha256,
-            "cache_key": cache_key(events, settings),
-            "dropped": merged,
-        },
+        meta=prepared_meta(
+            events, settings, cutoffs, dropped,
+            num_users=len(user_ids),
+            num_items=len(item_ids),
+            num_action_values=int(action_values.max()) + 1 if action_values is not None else 0,
+        ),
     )
     data.meta["stats"] = compute_stats(data)
-    data.meta["stats"]["dropped_users"] = dropped_users
+    data.meta["stats"]["dropped_users"] = orphan_users
     data.meta["stats"]["source"] = {  # what the source held, before truncation and splitting
         "events": len(user),
         "users": len(counts) - 1,
@@ -205,9 +164,85 @@ def build_sequences(
     return data, item_ids, user_ids
 
 
-def _checked_frame(events: EventTable) -> pl.DataFrame:
-    """The columns preparation reads, after one-line `DataError`s for anything malformed."""
-    frame, source, tasks = events.frame, events.source, tuple(events.tasks)
+def truncate_and_split(
+    user: np.ndarray, timestamps: np.ndarray, settings: PrepareSettings, cutoffs: tuple[int, int] | None
+) -> tuple[np.ndarray, np.ndarray, dict[str, int], dict[str, int]]:
+    """Steps 3 and 4 for events sorted by (user, time): `user` [E] the users' codes, non-decreasing
+    (gaps allowed), `cutoffs` `(valid_start, test_start)` for the time split.
+
+    Returns `keep` [E] (bool), `split` [E] (int8, `SPLITS` codes), the dropped rows
+    ({reason: rows}) and the dropped users ({reason: users}). A user's result depends on that
+    user's events only, so any set of whole users can be done on its own.
+    """
+    counts = np.bincount(user)  # [U0 + 1]
+    starts = np.cumsum(counts) - counts
+    # back = 0 for a user's most recent event, 1 for the one before, …
+    back = counts[user] - 1 - (np.arange(len(user)) - starts[user])
+    keep = back < settings.max_len
+    dropped: dict[str, int] = {}
+    _count(dropped, DROP_TRUNCATED, int(len(keep) - keep.sum()))
+    dropped_users: dict[str, int] = {}
+    if settings.split == "user":
+        kept_len = np.minimum(counts, settings.max_len)
+        n_test = np.floor(settings.test_frac * kept_len + _FLOOR_EPS).astype(np.int64)
+        n_eval = n_test + np.floor(settings.valid_frac * kept_len + _FLOOR_EPS).astype(np.int64)
+        split = np.where(back < n_test[user], SPLITS["test"], np.where(back < n_eval[user], SPLITS["valid"], SPLITS["train"]))
+        split = split.astype(np.int8)
+    else:
+        valid_start, test_start = cutoffs
+        split = np.full(len(user), SPLITS["train"], dtype=np.int8)
+        split[timestamps >= valid_start] = SPLITS["valid"]
+        split[timestamps >= test_start] = SPLITS["test"]
+        has_train = np.bincount(user[keep & (split == SPLITS["train"])], minlength=len(counts)) > 0
+        orphan = keep & ~has_train[user]
+        _count(dropped, DROP_NO_TRAIN, int(orphan.sum()))
+        n_orphan_users = int(np.count_nonzero((counts > 0) & ~has_train))
+        if n_orphan_users:
+            dropped_users[DROP_NO_TRAIN] = n_orphan_users
+        keep &= ~orphan
+    return keep, split, dropped, dropped_users
+
+
+def prepared_meta(
+    events: EventTable,
+    settings: PrepareSettings,
+    cutoffs: tuple[int, int] | None,
+    dropped: dict[str, int],
+    *,
+    num_users: int,
+    num_items: int,
+    num_action_values: int,
+) -> dict:
+    """`meta.json` of a prepared dataset, less its `stats`."""
+    if settings.split == "user":
+        split_meta = {"kind": "user", "valid_frac": settings.valid_frac, "test_frac": settings.test_frac}
+    else:
+        split_meta = {"kind": "time", "valid_start": cutoffs[0], "test_start": cutoffs[1]}
+    merged = dict(events.dropped)
+    for reason, rows in dropped.items():
+        _count(merged, reason, rows)
+    return {
+        "format_version": FORMAT_VERSION,
+        "source": events.source,
+        "tasks": list(events.tasks),
+        "task_definitions": dict(events.task_definitions),
+        "read_options": dict(events.read_options),
+        "num_users": num_users,
+        "num_items": num_items,
+        "num_action_values": num_action_values,
+        "max_len": settings.max_len,
+        "split": split_meta,
+        "source_sha256": events.sha256,
+        "cache_key": cache_key(events, settings),
+        "dropped": merged,
+    }
+
+
+def checked_frame(frame: pl.DataFrame, source: str, tasks: tuple[str, ...], first_row: int = 0) -> pl.DataFrame:
+    """The columns preparation reads, after one-line `DataError`s for anything malformed.
+
+    `frame` holds event rows `first_row`, `first_row + 1`, … of the table (errors name them so).
+    """
     required = ["user_id", "item_id", "timestamp", *tasks]
     for column in required:
         if column not in frame.columns:
@@ -224,7 +259,7 @@ def _checked_frame(events: EventTable) -> pl.DataFrame:
     for column in required + [c for c in optional if c != "action_value"]:
         if nulls[column]:
             row = int(frame[column].is_null().arg_true()[0])
-            raise DataError(f"{source}: event row {row}, column {column!r}: missing value")
+            raise DataError(f"{source}: event row {first_row + row}, column {column!r}: missing value")
     for task in tasks:
         col = frame[task]
         if not (col.dtype.is_integer() or col.dtype == pl.Boolean):
@@ -232,19 +267,20 @@ def _checked_frame(events: EventTable) -> pl.DataFrame:
         bad = (col.cast(pl.Int64) < 0) | (col.cast(pl.Int64) > 1)
         if bad.any():
             row = int(bad.arg_true()[0])
-            raise DataError(f"{source}: event row {row}, column {task!r}: label {col[row]} is not 0 or 1")
+            raise DataError(f"{source}: event row {first_row + row}, column {task!r}: label {col[row]} is not 0 or 1")
+    if "action_value" in frame.columns:
+        lowest = frame["action_value"].min()
+        if lowest is not None and lowest < 0:
+            row = int(frame["action_value"].arg_min())
+            raise DataError(f"{source}: event row {first_row + row}, column 'action_value': negative value {lowest}")
     return frame.with_columns(pl.col("timestamp").cast(pl.Int64), *[pl.col(t).cast(pl.UInt8) for t in tasks])
 
 
-def _time_cutoffs(timestamps: pl.Series, settings: PrepareSettings, source: str) -> tuple[int, int]:
-    """(valid_start, test_start): the settings', else the 0.8 / 0.9 quantiles of all input
-    timestamps (the nearest actual timestamp)."""
-    valid_start = settings.valid_start
-    if valid_start is None:
-        valid_start = int(timestamps.quantile(0.8, interpolation="nearest"))
-    test_start = settings.test_start
-    if test_start is None:
-        test_start = int(timestamps.quantile(0.9, interpolation="nearest"))
+def time_cutoffs(settings: PrepareSettings, source: str, quantile: Callable[[float], int]) -> tuple[int, int]:
+    """(valid_start, test_start): the settings', else `quantile(0.8)` / `quantile(0.9)` of all
+    input timestamps (the nearest actual timestamp)."""
+    valid_start = settings.valid_start if settings.valid_start is not None else quantile(0.8)
+    test_start = settings.test_start if settings.test_start is not None else quantile(0.9)
     if valid_start > test_start:
         raise DataError(
             f"{source}: time split needs valid_start <= test_start, got {valid_start} > {test_start} "

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -323,8 +324,23 @@ def generate(settings: SynthSettings) -> EventTable:
 
     Rows are user-major and time-ordered; `user_id` is 1..users, `item_id` 1..items (items never
     drawn are absent). Deterministic for given settings; memory is bounded by processing users
-    in blocks.
+    in blocks. `synthetic_events` gives the same rows block by block, never all at once.
     """
+    # Blocks stay separate chunks: a rechunk would briefly hold the table twice.
+    frame = pl.concat(list(_blocks(settings)), rechunk=False)
+    return EventTable(frame=frame, tasks=tuple(settings.tasks), source="synthetic", sha256=settings.sha256())
+
+
+def synthetic_events(settings: SynthSettings) -> EventTable:
+    """`generate`'s table as chunks (one per block of users), drawn when read."""
+    return EventTable(
+        frame=None, chunks=lambda: _blocks(settings), tasks=tuple(settings.tasks), source="synthetic",
+        sha256=settings.sha256(),
+    )
+
+
+def _blocks(settings: SynthSettings) -> Iterator[pl.DataFrame]:
+    """The rows of the synthetic table, one frame per block of users."""
     world = make_world(settings)
     rng = np.random.default_rng([settings.seed, 1])
     lengths = _sample_lengths(settings, rng)
@@ -336,7 +352,6 @@ def generate(settings: SynthSettings) -> EventTable:
             _ROLLOUT_BLOCK_ELEMENTS // (settings.events_max * (len(tasks) + 1)),
         ),
     )
-    parts: list[pl.DataFrame] = []
     for lo in range(0, settings.users, block):
         order = lo + np.argsort(-lengths[lo : lo + block], kind="stable")  # longest first
         block_lengths = lengths[order]
@@ -354,7 +369,4 @@ def generate(settings: SynthSettings) -> EventTable:
             **{task: labels[:, t] for t, task in enumerate(tasks)},
             **{f"prob_{task}": probs[:, t].astype(np.float64) for t, task in enumerate(tasks)},
         }
-        parts.append(pl.DataFrame(part))
-    # Blocks stay separate chunks: a rechunk would briefly hold the table twice.
-    frame = pl.concat(parts, rechunk=False)
-    return EventTable(frame=frame, tasks=tuple(tasks), source="synthetic", sha256=settings.sha256())
+        yield pl.DataFrame(part)

@@ -6,10 +6,11 @@ holds the few places where ranks differ, so the trainer reads the same for any P
 process (`Ranks()`) each method is the plain single-process step:
 
 - **Sharding.** Every rank draws the same global batches — the loader's order from
-  `(seed, epoch)`, the same for any P — and takes its share of each: `split_by_events` deals a
-  batch's users out longest row first, each to the rank with the fewest events so far, so ranks
-  do similar work and each user is in exactly one share. `data.batch_size` stays the global
-  batch (users per optimizer step).
+  `(seed, epoch)`, the same for any P — and takes its share of each. A rank that loaded only its
+  own users (`load_prepared(share=…)`, consecutive users balanced by events) takes the batch's
+  users it holds; a rank that holds every user takes what `split_by_events` deals it: a batch's
+  users longest row first, each to the rank with the fewest events so far. Either way each user
+  is in exactly one share. `data.batch_size` stays the global batch (users per optimizer step).
 - **Loss.** The loss of a step is the mean over all M loss positions of the global batch. A rank
   holding n_r of them scales its own mean by P·n_r/M before the backward pass, so DDP's average
   of the ranks' gradients, (1/P) Σ_r P·n_r/M · ∇mean_r = ∇(Σ_r sum_r / M), is exactly the
@@ -126,7 +127,8 @@ class Ranks:
         for rows in loader.batch_users():
             mine = self._share(loader, rows)
             if len(mine) == 0:
-                batch = loader.make_batch(rows[:1])
+                held = rows[:1] if loader.data.holds_all else np.array([loader.data.first_user - 1])
+                batch = loader.make_batch(held)
                 batch.loss_mask[:] = False
                 yield batch, 0.0
                 continue
@@ -144,7 +146,10 @@ class Ranks:
                 yield loader.make_batch(mine)
 
     def _share(self, loader: SequenceLoader, rows: np.ndarray) -> np.ndarray:
-        """This rank's rows of the global batch `rows` (`split_by_events`)."""
+        """This rank's rows of the global batch `rows`: those it holds, or when it holds every
+        user its part by `split_by_events`."""
+        if not loader.data.holds_all:
+            return rows[loader.holds(rows)]
         return rows[split_by_events(loader.row_lengths[rows], self.world_size)[self.rank]]
 
     # --- reductions over the ranks -------------------------------------------------------------

@@ -164,15 +164,15 @@ def train(
     if run.is_finished():
         metrics = run.read_metrics()
         return TrainResult(run, metrics["epochs_run"], metrics)
-    if data is None:
-        if config.data.path is None:
-            raise ConfigError("config: data.path is required (a folder made by `causalgr data prepare` or `data synth`)")
-        data = load_prepared(config.data.path)
-    unknown = sorted(set(config.train.task_weights) - set(data.tasks))
-    if unknown:
-        raise ConfigError(f"config: train.task_weights: unknown task '{unknown[0]}' (the data has {', '.join(data.tasks)})")
+    if data is None and config.data.path is None:
+        raise ConfigError("config: data.path is required (a folder made by `causalgr data prepare` or `data synth`)")
     t = config.train
     with process_group(resolve_device(t.device), t.dist_timeout) as ranks:
+        if data is None:  # each rank reads its own users only
+            data = load_prepared(config.data.path, share=(ranks.rank, ranks.world_size))
+        unknown = sorted(set(config.train.task_weights) - set(data.tasks))
+        if unknown:
+            raise ConfigError(f"config: train.task_weights: unknown task '{unknown[0]}' (the data has {', '.join(data.tasks)})")
         if ranks.is_main:
             run.create()
             run.write_config(config)

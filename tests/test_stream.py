@@ -1,0 +1,163 @@
+"""Streaming preparation equals the in-memory one; a rank reads its own row groups only."""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import pyarrow.parquet as pq
+import pytest
+
+import causalgr.data.prepared as prepared
+from causalgr.data.errors import DataError
+from causalgr.data.events import EventTable
+from causalgr.data.loader import SequenceLoader
+from causalgr.data.prepared import EVENTS, ITEM_IDS, META, USER_EVENTS, USER_IDS, load_prepared, rank_users
+from causalgr.data.sequences import PrepareSettings, prepare
+from causalgr.data.sources import load_source
+from causalgr.data.stream import prepare_stream
+from causalgr.data.synth import SynthSettings, generate, synthetic_events
+
+FILES = (EVENTS, ITEM_IDS, USER_IDS, USER_EVENTS)
+
+
+def assert_same_folder(a, b):
+    """Every file of two prepared folders holds the same data (and events.parquet the same row groups)."""
+    assert (a / META).read_text() == (b / META).read_text()
+    for name in FILES:
+        left, right = pl.read_parquet(a / name), pl.read_parquet(b / name)
+        assert left.schema == right.schema, name
+        assert left.equals(right), name
+    groups = [pq.ParquetFile(folder / EVENTS).metadata for folder in (a, b)]
+    assert [g.row_group(i).num_rows for g in groups for i in range(g.num_row_groups)][: groups[0].num_row_groups] == [
+        groups[1].row_group(i).num_rows for i in range(groups[1].num_row_groups)
+    ]
+
+
+@pytest.fixture
+def small_row_groups(monkeypatch):
+    monkeypatch.setattr(prepared, "ROW_GROUP_EVENTS", 200)
+
+
+@pytest.mark.parametrize("split", ["user", "time"])
+@pytest.mark.parametrize("chunk_events", [97, 100_000])
+def test_streaming_equals_in_memory_on_synthetic_data(tmp_path, small_row_groups, split, chunk_events):
+    settings = SynthSettings(users=120, items=150, events_mean=40, events_min=5, events_max=120, seed=4)
+    prepare_settings = PrepareSettings(max_len=50, split=split)
+    prepare(generate(settings), tmp_path / "memory", prepare_settings)
+    prepare_stream(synthetic_events(settings), tmp_path / "stream", prepare_settings, chunk_events=chunk_events)
+    assert_same_folder(tmp_path / "memory", tmp_path / "stream")
+    assert pq.ParquetFile(tmp_path / "stream" / EVENTS).metadata.num_row_groups > 10
+
+
+def _udata(path, rng):
+    """A GroupLens u.data file: ties, truncated users, an item seen only in dropped rows, a duplicate."""
+    rows = []
+    for user in rng.permutation(40):
+        for _ in range(int(rng.integers(1, 30))):
+            rows.append((user * 7 + 3, int(rng.integers(1, 60)), int(rng.integers(1, 6)), int(rng.integers(0, 50))))
+    rows.append(rows[5])
+    path.write_text("".join(f"{u}\t{i}\t{r}\t{t}\n" for u, i, r, t in rows))
+    return path
+
+
+@pytest.mark.parametrize("split", ["user", "time"])
+def test_streaming_equals_in_memory_on_real_formats(tmp_path, small_row_groups, split):
+    rng = np.random.default_rng(0)
+    udata = _udata(tmp_path / "u.data", rng)
+    events = load_source("ml-100k", udata)
+    assert events.dropped == {"duplicate row": 1}
+    settings = PrepareSettings(max_len=12, split=split)
+    prepare(events, tmp_path / "memory", settings)
+    prepare_stream(events, tmp_path / "stream", settings, chunk_events=50)
+    assert_same_folder(tmp_path / "memory", tmp_path / "stream")
+
+    # string tokens (table: CSV) and a Parquet table
+    frame = pl.read_csv(udata, separator="\t", has_header=False, new_columns=["user_id", "item_id", "rating", "timestamp"])
+    frame = frame.unique(maintain_order=True).with_columns(("u" + pl.col("user_id").cast(pl.String)).alias("user_id"))
+    frame.write_csv(tmp_path / "log.csv")
+    frame.write_parquet(tmp_path / "log.parquet")
+    for name in ("log.csv", "log.parquet"):
+        events = load_source(f"table:{tmp_path / name}", tasks=["like=rating>=4"], action_value_col="rating")
+        prepare(events, tmp_path / f"memory-{name}", settings)
+        prepare_stream(events, tmp_path / f"stream-{name}", settings, chunk_events=64)
+        assert_same_folder(tmp_path / f"memory-{name}", tmp_path / f"stream-{name}")
+
+
+def test_streaming_reuses_its_cache(tmp_path):
+    settings = SynthSettings(users=30, items=40, seed=1)
+    first = prepare_stream(synthetic_events(settings), tmp_path, PrepareSettings(max_len=20))
+    written = (tmp_path / EVENTS).stat().st_mtime_ns
+    assert prepare_stream(synthetic_events(settings), tmp_path, PrepareSettings(max_len=20)) == first
+    assert (tmp_path / EVENTS).stat().st_mtime_ns == written
+    assert prepare_stream(synthetic_events(settings), tmp_path, PrepareSettings(max_len=10))["max_len"] == 10
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary files left
+
+
+def test_a_bad_row_in_a_later_chunk_names_its_row(tmp_path):
+    frame = pl.DataFrame({"user_id": [1, 1, 2, 2, 3], "item_id": [1, 2, 1, 2, 1], "timestamp": [0, 1, 2, 3, 4],
+                          "like": pl.Series([0, 1, 1, 2, 0], dtype=pl.UInt8)})  # fmt: skip
+    events = EventTable(frame=frame, tasks=("like",), source="test", sha256="x")
+    with pytest.raises(DataError, match=r"^test: event row 3, column 'like': label 2 is not 0 or 1$"):
+        prepare_stream(events, tmp_path, chunk_events=2)
+
+
+@pytest.mark.parametrize("ranks", [2, 3])
+def test_a_rank_reads_its_row_groups_only_and_the_ranks_make_the_whole(tmp_path, small_row_groups, monkeypatch, ranks):
+    synth = SynthSettings(users=150, items=100, events_mean=30, events_min=5, events_max=90, seed=2)
+    prepare_stream(synthetic_events(synth), tmp_path, PrepareSettings(max_len=64))
+    whole = load_prepared(tmp_path)
+    file = pq.ParquetFile(tmp_path / EVENTS)
+    groups = file.metadata.num_row_groups
+    read: list[list[int]] = []
+    real = pq.ParquetFile.read_row_groups
+    monkeypatch.setattr(pq.ParquetFile, "read_row_groups", lambda self, ids, **kw: read.append(list(ids)) or real(self, ids, **kw))
+
+    shares = [load_prepared(tmp_path, share=(rank, ranks)) for rank in range(ranks)]
+    # Each rank read only the row groups holding its users: about 1/ranks of them, plus one at an edge.
+    assert all(len(ids) <= groups // ranks + 2 for ids in read), (read, groups)
+    assert sum(len(ids) for ids in read) <= groups + ranks - 1
+    for share, ids in zip(shares, read):
+        first, last = share.first_user, share.first_user + len(share.offsets) - 2
+        user = pl.read_parquet(tmp_path / EVENTS)["user"].to_numpy()
+        starts = np.concatenate([[0], np.cumsum([file.metadata.row_group(g).num_rows for g in range(groups)])])
+        holding = {g for g in range(groups) if np.any((user[starts[g] : starts[g + 1]] >= first) & (user[starts[g] : starts[g + 1]] <= last))}
+        assert set(ids) == holding
+    # Balanced by events: each rank within one user's events of an equal split.
+    events = [len(share.items) for share in shares]
+    assert max(events) - min(events) <= 2 * whole.lengths.max()
+    # The union is the whole dataset, array for array.
+    for name in ("items", "timestamps", "labels", "split", "true_probs"):
+        np.testing.assert_array_equal(np.concatenate([getattr(s, name) for s in shares]), getattr(whole, name), err_msg=name)
+    assert [s.num_users for s in shares] == [whole.num_users] * ranks
+    # Every batch of the whole loader is the union of the ranks' parts, row for row.
+    loaders = [SequenceLoader(s, "valid", batch_size=16, shuffle=True, seed=3) for s in shares]
+    full = SequenceLoader(whole, "valid", batch_size=16, shuffle=True, seed=3)
+    for loader in (*loaders, full):
+        loader.set_epoch(2)
+    for rows, *parts in zip(full.batch_users(), *(loader.batch_users() for loader in loaders)):
+        assert all(np.array_equal(rows, part) for part in parts)
+        owned = [rows[loader.holds(rows)] for loader in loaders]
+        assert sorted(np.concatenate(owned).tolist()) == sorted(rows.tolist())
+        for loader, mine in zip(loaders, owned):
+            if len(mine):
+                a, b = loader.make_batch(mine), full.make_batch(mine)
+                for field in ("items", "labels", "timestamps", "lengths", "loss_mask", "users", "true_probs"):
+                    assert torch_equal(getattr(a, field), getattr(b, field)), field
+
+
+def torch_equal(a, b) -> bool:
+    return bool((a == b).all())
+
+
+def test_rank_users_cut_consecutive_users_by_events():
+    events = np.array([3, 10, 2, 9, 8, 1])
+    assert [rank_users(events, r, 2) for r in range(2)] == [(1, 3), (4, 6)]
+    assert rank_users(events, 0, 1) == (1, 6)
+    assert rank_users(np.array([5]), 0, 2) == (1, 0)  # an empty share …
+    assert rank_users(np.array([5]), 1, 2) == (1, 1)
+
+
+def test_a_rank_without_users_is_a_data_error(tmp_path):
+    prepare_stream(synthetic_events(SynthSettings(users=1, items=10, clusters=2, seed=0)), tmp_path)
+    with pytest.raises(DataError, match="no users for rank 0 of 2"):
+        load_prepared(tmp_path, share=(0, 2))
