@@ -168,6 +168,20 @@ def test_two_processes_train_and_evaluate_like_one(two_processes, one_process):
     assert_same_metrics(evaluate_run(out, "test", device="cpu"), result["test"], "test, evaluated again")
 
 
+def test_compare_with_nproc_trains_each_run_on_two_processes(tiny_data, one_process, tmp_path):
+    out = tmp_path / "cmp"
+    sets = [arg for item in [*SETS, "train.threads=1"] for arg in ("--set", item)]
+    args = [sys.executable, "-m", "causalgr.cli", "compare", "--data", str(tiny_data), "--formulations", "interleaved",
+            "--seeds", "0", "--out", str(out), "--nproc", "2", *sets]
+    done = subprocess.run(args, env=env(), capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads((out / "runs" / "interleaved-seed0" / "metrics.json").read_text())
+    assert result["processes"] == 2
+    _, reference = one_process  # the same config (interleaved, seed 0) in one process
+    assert_same_metrics(result["test"], reference["test"], "compare --nproc 2 test")
+    assert "--nproc 2" in json.loads((out / "results.json").read_text())["command"]
+
+
 def test_a_two_process_run_resumes_on_two_processes_exactly_and_on_one(tiny_data, two_processes, one_process,
                                                                       tmp_path):
     stopped = launch(2, config(tiny_data), tmp_path / "two", stop_after_epochs=1)

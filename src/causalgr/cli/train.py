@@ -113,6 +113,7 @@ def register(app: typer.Typer) -> None:
         seeds: str = typer.Option("0,1,2", "--seeds", help="comma-separated seeds (≥ 2 for intervals)"),
         config: Optional[Path] = typer.Option(None, "--config", "-c", help="base YAML config shared by every run"),
         overrides: List[str] = typer.Option([], "--set", help=_SET_HELP),
+        nproc: int = typer.Option(1, "--nproc", min=1, help="data-parallel processes per run (as in `train --nproc`)"),
     ) -> None:
         """Every formulation × seed with the same budget, then results.json, report.md and plots.
 
@@ -122,6 +123,7 @@ def register(app: typer.Typer) -> None:
         from causalgr.cli.common import parse_list
         from causalgr.training.compare import compare
         from causalgr.training.config import load_config, read_config_file
+        from causalgr.training.launch import RankFailed
 
         if backbone is not None and config is not None:
             in_file = read_config_file(config).get("model", {}).get("backbone")
@@ -131,13 +133,19 @@ def register(app: typer.Typer) -> None:
         base = load_config(config, sets)
         words = ["causalgr", "compare", "--data", str(data), "--formulations", formulations]
         words += ["--backbone", backbone] if backbone is not None else []
-        words += ["--seeds", seeds, "--out", str(out)]
+        words += ["--seeds", seeds, "--out", str(out)] + (["--nproc", str(nproc)] if nproc > 1 else [])
         if config is not None:
             words += ["--config", str(config)]
         for item in overrides:
             words += ["--set", item]
-        results = compare(data, parse_list(formulations, "--formulations", choices=tuple(FORMULATIONS)),
-                          parse_list(seeds, "--seeds", int), out, base, command=shlex.join(words))
+        if nproc > 1 and "WORLD_SIZE" in os.environ:
+            raise ConfigError("compare: --nproc starts its own processes; under torchrun leave it out")
+        try:
+            results = compare(data, parse_list(formulations, "--formulations", choices=tuple(FORMULATIONS)),
+                              parse_list(seeds, "--seeds", int), out, base, command=shlex.join(words), nproc=nproc)
+        except RankFailed as err:
+            typer.echo(f"error: a run failed on a rank; the launcher stopped the others\n{err}", err=True)
+            raise typer.Exit(1) from None
         print_summary(results)
         typer.echo(f"results: {out / 'results.json'} · report: {out / 'report.md'}")
 

@@ -105,10 +105,13 @@ def compare(
     out: Path | str,
     base: TrainConfig | None = None,
     command: str | None = None,
+    nproc: int = 1,
 ) -> dict:
     """Train every formulation × seed on `data_dir` into `out/runs/`, then write `out/results.json`,
     `out/report.md` and the plots; returns the results dict. Every run is `base` (its backbone,
-    size and budget) with only `model.formulation` and `train.seed` set per run."""
+    size and budget) with only `model.formulation` and `train.seed` set per run. `nproc` > 1
+    trains each run data-parallel on that many local processes (`launch`), one run after another."""
+    from causalgr.training.launch import launch
     from causalgr.training.report import write_report
 
     _check_args(formulations, seeds)
@@ -121,7 +124,11 @@ def compare(
         for seed in seeds:
             run = RunDir(out / "runs" / run_name(formulation, seed))
             log.info("[%d/%d] %s%s", len(records) + 1, total, run.name, " (finished, skipped)" if run.is_finished() else "")
-            result = train(run_config(base, data_dir, formulation, seed), run, resume=True, data=data)
+            config = run_config(base, data_dir, formulation, seed)
+            if nproc > 1:
+                result = launch(nproc, config, run.path, resume=True)
+            else:
+                result = train(config, run, resume=True, data=data)
             records.append((run.name, result.metrics, run.read_history()))
     results = build_results(records, data, base, formulations, seeds, data_dir, command)
     out.mkdir(parents=True, exist_ok=True)
