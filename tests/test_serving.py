@@ -75,7 +75,7 @@ def test_an_answer_does_not_depend_on_the_other_candidates(formulation, backbone
     history, timestamp = events(10, 4), 10**6
     candidates = list(range(1, 21))
     full = Ranker(model).rank(**history, candidates=candidates, timestamp=timestamp)
-    small_passes = Ranker(model, rows_per_pass=3).rank(**history, candidates=candidates, timestamp=timestamp)
+    small_passes = Ranker(model, candidates_per_pass=3).rank(**history, candidates=candidates, timestamp=timestamp)
     np.testing.assert_allclose(small_passes, full, atol=ATOL, rtol=0)
     order = np.random.default_rng(0).permutation(len(candidates))
     shuffled = Ranker(model).rank(**history, candidates=[candidates[i] for i in order], timestamp=timestamp)
@@ -190,7 +190,9 @@ def test_a_refused_observe_caches_nothing():
 
 def test_the_history_cache_is_bounded_in_bytes_least_recently_used_first():
     model = make_model("lagged", "hstu", TASKS)
-    one_user = 10 * (8 + 8 + 4 * TASKS + 8)  # ten events: item, timestamp, labels, action value
+    # Ten events (item, timestamp, labels, action value) and the model's state of them: two layers'
+    # keys and values (10 tokens × dim 16, float32), the tokens' times, and lagged's b(a_N).
+    one_user = 10 * (8 + 8 + 4 * TASKS + 8) + 2 * 2 * 10 * 16 * 4 + 10 * 8 + 16 * 4
     ranker = Ranker(model, cache_bytes=3 * one_user)
     for user in ("a", "b", "c"):
         ranker.observe(user, **events(10, 9))
