@@ -170,6 +170,11 @@ class HistoryCache:
                 self._bytes -= leaving.nbytes
             return True
 
+    def __contains__(self, user: str) -> bool:
+        """Whether `user` is cached, without making it recently used."""
+        with self._lock:
+            return user in self._users
+
     @property
     def nbytes(self) -> int:
         return self._bytes
