@@ -76,6 +76,19 @@ def test_each_answer_is_the_model_at_the_appended_position(formulation, backbone
                 np.testing.assert_allclose(probs[k], model_says(model, history, c, timestamp), atol=ATOL, rtol=0)
 
 
+@pytest.mark.parametrize("backbone", BACKBONES)
+@pytest.mark.parametrize("formulation,setting", [("mvp", {"mvp_pool_readout": False}), ("mvp", {"pool_heads": 2}),
+                                                 ("lfa", {"pool_heads": 2})])
+def test_the_one_pass_follows_the_open_settings(formulation, setting, backbone):
+    """mvp without its pooling readout, and pooling with two heads, serve like the model too."""
+    model = make_model(formulation, backbone, TASKS, **setting)
+    history = events(12, 3)
+    timestamp = last_time(history) + 5
+    probs = Ranker(model).rank(**history, candidates=[2, 9], timestamp=timestamp)
+    for k, c in enumerate([2, 9]):
+        np.testing.assert_allclose(probs[k], model_says(model, history, c, timestamp), atol=ATOL, rtol=0)
+
+
 @pytest.mark.parametrize("formulation,backbone", CASES)
 def test_an_answer_does_not_depend_on_the_other_candidates(formulation, backbone):
     model = make_model(formulation, backbone, TASKS)

@@ -9,7 +9,7 @@ ones — so a state may be read by one request while another extends it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
@@ -64,19 +64,13 @@ class HistoryState:
 
     @property
     def nbytes(self) -> int:
-        tensors = [self.encoder.timestamps, self.last_action, *(self.pooling or ())]
-        tensors += [t for layer in self.encoder.layers for t in layer]
-        return sum(t.nelement() * t.element_size() for t in tensors if t is not None)
+        return sum(t.nelement() * t.element_size() for t in self.tensors().values())
 
     def tensors(self) -> dict[str, torch.Tensor]:
-        """Every tensor by a name, for tests that compare two states."""
-        named = {"timestamps": self.encoder.timestamps}
+        """Every tensor of the state by a name."""
+        named = {"timestamps": self.encoder.timestamps, "last_action": self.last_action}
         for i, layer in enumerate(self.encoder.layers):
-            named.update({f"layer{i}.{name}": t for name, t in zip(LayerCache._fields, layer) if t is not None})
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if isinstance(value, PoolingCache):
-                named.update({f"pooling.{name}": t for name, t in zip(PoolingCache._fields, value)})
-            elif isinstance(value, torch.Tensor):
-                named[f.name] = value
-        return named
+            named.update({f"layer{i}.{name}": t for name, t in layer._asdict().items()})
+        if self.pooling is not None:
+            named.update({f"pooling.{name}": t for name, t in self.pooling._asdict().items()})
+        return {name: t for name, t in named.items() if t is not None}

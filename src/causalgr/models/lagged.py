@@ -38,7 +38,7 @@ class Lagged(RankingModel):
         actions = torch.cat([last, self.embed_actions(events)], dim=1)  # [1, 1 + M, D]
         tokens = self.items(events.items) + actions[:, :-1]  # e(i_n) + b(a_{n-1})
         _, encoder = self.encoder.extend(tokens, events.timestamps, state and state.encoder)
-        return HistoryState(encoder, last_action=actions[:, -1:])
+        return HistoryState(encoder, last_action=actions[:, -1:].clone())  # not a view: the cache counts D floats
 
     def rank_candidates(self, state: HistoryState, candidates: torch.Tensor, timestamp: int) -> torch.Tensor:
         tokens = self.items(candidates)[None] + state.last_action  # e(c) + b(a_N), [1, K, D]
