@@ -6,6 +6,7 @@ import functools
 from dataclasses import replace
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from causalgr import Batch, ModelConfig, build_model
 
@@ -138,3 +139,18 @@ def later_changes(batch: Batch, n: int, seed: int) -> dict[str, Batch]:
 def other_value(values: torch.Tensor) -> torch.Tensor:
     """A different action value in 1..NUM_VALUES - 1 for each of `values`."""
     return values % (NUM_VALUES - 1) + 1
+
+
+class LargestTensor(TorchDispatchMode):
+    """Records the largest number of elements of any tensor an aten op returns."""
+
+    def __init__(self):
+        super().__init__()
+        self.largest = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, (tuple, list)) else [out]:
+            if isinstance(t, torch.Tensor):
+                self.largest = max(self.largest, t.numel())
+        return out

@@ -13,6 +13,8 @@ from causalgr.models.attention import (
     strict_pooling,
     target_aware_pointwise_attention,
     target_aware_softmax_attention,
+    target_pointwise_attention,
+    target_softmax_attention,
 )
 from causalgr.models.kernels import BiasTables, softmax_diagonal
 
@@ -143,3 +145,92 @@ def test_strict_pooling_first_position_is_null(L):
     null_k, null_v = torch.randn(2, 4), torch.randn(2, 4)
     out = strict_pooling(q, k, v, null_k, null_v)
     torch.testing.assert_close(out[0, :, 0], null_v)
+
+
+# Serving's shapes (forward only): a continuation after cached keys, and K targets after the history.
+
+serving_shapes = st.tuples(st.integers(1, 2), st.integers(1, 3), st.integers(0, 30), st.integers(1, 12), st.sampled_from([4, 8]))
+
+
+def _close(a: torch.Tensor, b: torch.Tensor) -> None:
+    torch.testing.assert_close(a, b, atol=1e-9, rtol=1e-7)
+
+
+@settings(max_examples=25, deadline=None)
+@given(shape=serving_shapes, seed=st.integers(0, 1000), mvp=st.booleans())
+def test_softmax_continuation(shape, seed, mvp):
+    """Queries at the last M positions after L cached keys: the blocked path equals the reference,
+    which equals the last M rows of the attention over all L + M tokens."""
+    B, H, L, M, d = shape
+    q, k, v, u = _leaves(*[(B, H, L + M, d)] * 4, seed=seed)
+    u = u if mvp else None
+    reference = softmax_attention(q[:, :, L:], k, v, u, engine="reference")
+    _close(softmax_attention(q[:, :, L:], k, v, u), reference)
+    _close(reference, softmax_attention(q, k, v, u, engine="reference")[:, :, L:])
+
+
+@settings(max_examples=25, deadline=None)
+@given(shape=serving_shapes, seed=st.integers(0, 1000), variant=st.sampled_from(["causal", "strict", "mvp"]))
+def test_pointwise_continuation(shape, seed, variant):
+    """HSTU's continuation: the blocked path equals the reference, which equals the last M rows of
+    the attention over all L + M tokens (positions and time gaps counted from the first token)."""
+    B, H, L, M, d = shape
+    q, k, v, u = _leaves(*[(B, H, L + M, d)] * 4, seed=seed)
+    tables = random_tables(B, H, L + M, seed)
+    u, strict = (u if variant == "mvp" else None), variant == "strict"
+    reference = pointwise_attention(q[:, :, L:], k, v, tables, u, strict=strict, engine="reference")
+    _close(pointwise_attention(q[:, :, L:], k, v, tables, u, strict=strict), reference)
+    _close(reference, pointwise_attention(q, k, v, tables, u, strict=strict, engine="reference")[:, :, L:])
+
+
+def _one_target_each(attend, q_t, k_t, v_t, k_h, v_h):
+    """Target k alone, as the last token of a causal sequence [history; target k], for every k."""
+    rows = [attend(q_t[:, :, i : i + 1], torch.cat([k_h, k_t[:, :, i : i + 1]], 2), torch.cat([v_h, v_t[:, :, i : i + 1]], 2))
+            for i in range(q_t.shape[2])]
+    return torch.cat(rows, dim=2)
+
+
+@settings(max_examples=25, deadline=None)
+@given(shape=serving_shapes, seed=st.integers(0, 1000))
+def test_target_softmax_attention_after_the_history(shape, seed):
+    """K targets after L history tokens: the own-slot SDPA path equals the [K, L + K] mask, and each
+    target gets what it would get alone as token L of a causal sequence (so none sees another)."""
+    B, H, L, K, d = shape
+    q_t, k_t, v_t = _leaves(*[(B, H, K, d)] * 3, seed=seed)
+    k_h, v_h = _leaves(*[(B, H, L, d)] * 2, seed=seed + 1)
+    reference = target_softmax_attention(q_t, k_t, v_t, k_h, v_h, after=True, engine="reference")
+    _close(target_softmax_attention(q_t, k_t, v_t, k_h, v_h, after=True), reference)
+    alone = _one_target_each(lambda q, k, v: softmax_attention(q, k, v, engine="reference"), q_t, k_t, v_t, k_h, v_h)
+    _close(reference, alone)
+
+
+@settings(max_examples=25, deadline=None)
+@given(shape=serving_shapes, seed=st.integers(0, 1000), wait=st.integers(0, 10**6))
+def test_target_pointwise_attention_after_the_history(shape, seed, wait):
+    """HSTU's K targets at position L and time t: the blocked path (one shared bias row) equals the
+    materialised mask, and each target gets what it would get alone as token L of a causal sequence."""
+    B, H, L, K, d = shape
+    q_t, k_t, v_t = _leaves(*[(B, H, K, d)] * 3, seed=seed)
+    k_h, v_h = _leaves(*[(B, H, L, d)] * 2, seed=seed + 1)
+    tables = random_tables(B, H, L + 1, seed)  # timestamps [B, L + 1]: the history's, then the targets'
+    tables.timestamps[:, L] += wait
+    reference = target_pointwise_attention(q_t, k_t, v_t, k_h, v_h, tables, after=True, engine="reference")
+    _close(target_pointwise_attention(q_t, k_t, v_t, k_h, v_h, tables, after=True), reference)
+    alone = _one_target_each(lambda q, k, v: pointwise_attention(q, k, v, tables, engine="reference"), q_t, k_t, v_t, k_h, v_h)
+    _close(reference, alone)
+
+
+@settings(max_examples=25, deadline=None)
+@given(shape=serving_shapes, seed=st.integers(0, 1000))
+def test_strict_pooling_after_the_keys(shape, seed):
+    """K queries after L keys see the null slot and every key: fast equals reference, and each
+    query gets what strict pooling gives at position L of a sequence of L + 1."""
+    B, H, L, K, d = shape
+    q = _leaves((B, H, K, d), seed=seed)[0]
+    k, v = _leaves(*[(B, H, L + 1, d)] * 2, seed=seed + 1)  # key L is the query's own: never seen
+    null_k, null_v = _leaves((H, d), (H, d), seed=seed + 2)
+    reference = strict_pooling(q, k[:, :, :L], v[:, :, :L], null_k, null_v, after=True, engine="reference")
+    _close(strict_pooling(q, k[:, :, :L], v[:, :, :L], null_k, null_v, after=True), reference)
+    for i in range(K):
+        queries = torch.cat([torch.zeros(B, H, L, d, dtype=q.dtype), q[:, :, i : i + 1]], dim=2)  # query i at L
+        _close(reference[:, :, i], strict_pooling(queries, k, v, null_k, null_v, engine="reference")[:, :, L])

@@ -23,6 +23,7 @@ from causalgr.models.attention import (
 from causalgr.models.kernels import BiasTables, blocked, default_engine, fast_pointwise_attention, triton_available
 from causalgr.models.kernels.bias import bucket_edges, time_buckets
 from causalgr.models.timegaps import log_bucket
+from model_helpers import LargestTensor
 
 VARIANTS = ["causal", "strict", "mvp"]
 needs_triton = pytest.mark.skipif(not triton_available(), reason="triton is not installed")
@@ -90,21 +91,6 @@ def test_bucket_edges_reproduce_log_bucket():
         got = time_buckets(timestamps, 0, M, M + 1, buckets)[0, :, M]  # gap to the last event = gaps
         assert got.dtype == torch.int32
         torch.testing.assert_close(got.long(), log_bucket(gaps, buckets))
-
-
-class LargestTensor(TorchDispatchMode):
-    """Records the largest number of elements of any tensor an aten op returns."""
-
-    def __init__(self):
-        super().__init__()
-        self.largest = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for t in out if isinstance(out, (tuple, list)) else [out]:
-            if isinstance(t, torch.Tensor):
-                self.largest = max(self.largest, t.numel())
-        return out
 
 
 @pytest.mark.parametrize("variant", VARIANTS)

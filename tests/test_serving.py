@@ -1,5 +1,6 @@
 """`causalgr.serving.Ranker` for every formulation × backbone: its answers are the model's own
-prediction at the appended position (docs/design.md §6), whatever else is ranked beside them."""
+prediction at the appended position (docs/design.md §6), whatever else is ranked beside them, and
+its per-user cache of the model's state answers like a ranker that recomputes the history."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import torch
 from causalgr import Batch
 from causalgr.models import BACKBONES, FORMULATIONS, build_model
 from causalgr.serving import InvalidInput, Ranker
-from model_helpers import NUM_ITEMS, NUM_VALUES, make_model
+from model_helpers import NUM_ITEMS, NUM_VALUES, LargestTensor, make_model
 
 CASES = list(itertools.product(FORMULATIONS, BACKBONES))
 TASKS = 3
@@ -55,18 +56,37 @@ def last_time(history: dict) -> int:
     return history["timestamps"][-1] if history["timestamps"] else 0
 
 
+def joined(*histories: dict) -> dict:
+    return {key: sum((h[key] for h in histories), []) for key in histories[0]}
+
+
 @pytest.mark.parametrize("formulation,backbone", CASES)
 def test_each_answer_is_the_model_at_the_appended_position(formulation, backbone):
+    """The one pass (fast kernels, and the materialised reference engine) equals the model's forward."""
     model = make_model(formulation, backbone, TASKS)
-    ranker = Ranker(model)
-    for length, seed in ((0, 1), (1, 2), (12, 3)):
+    rankers = [Ranker(model), Ranker(make_model(formulation, backbone, TASKS, attention="reference"))]
+    for length, seed in ((0, 1), (1, 2), (12, 3), (model.config.max_len - 1, 4)):
         history = events(length, seed)
         candidates = [5, 17, 5, NUM_ITEMS, 1]  # a repeat included
         timestamp = last_time(history) + 60
-        probs = ranker.rank(**history, candidates=candidates, timestamp=timestamp)
-        assert probs.dtype == np.float32 and probs.shape == (len(candidates), TASKS)
-        for k, c in enumerate(candidates):
-            np.testing.assert_allclose(probs[k], model_says(model, history, c, timestamp), atol=ATOL, rtol=0)
+        for ranker in rankers:
+            probs = ranker.rank(**history, candidates=candidates, timestamp=timestamp)
+            assert probs.dtype == np.float32 and probs.shape == (len(candidates), TASKS)
+            for k, c in enumerate(candidates):
+                np.testing.assert_allclose(probs[k], model_says(model, history, c, timestamp), atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("backbone", BACKBONES)
+@pytest.mark.parametrize("formulation,setting", [("mvp", {"mvp_pool_readout": False}), ("mvp", {"pool_heads": 2}),
+                                                 ("lfa", {"pool_heads": 2})])
+def test_the_one_pass_follows_the_open_settings(formulation, setting, backbone):
+    """mvp without its pooling readout, and pooling with two heads, serve like the model too."""
+    model = make_model(formulation, backbone, TASKS, **setting)
+    history = events(12, 3)
+    timestamp = last_time(history) + 5
+    probs = Ranker(model).rank(**history, candidates=[2, 9], timestamp=timestamp)
+    for k, c in enumerate([2, 9]):
+        np.testing.assert_allclose(probs[k], model_says(model, history, c, timestamp), atol=ATOL, rtol=0)
 
 
 @pytest.mark.parametrize("formulation,backbone", CASES)
@@ -75,7 +95,7 @@ def test_an_answer_does_not_depend_on_the_other_candidates(formulation, backbone
     history, timestamp = events(10, 4), 10**6
     candidates = list(range(1, 21))
     full = Ranker(model).rank(**history, candidates=candidates, timestamp=timestamp)
-    small_passes = Ranker(model, rows_per_pass=3).rank(**history, candidates=candidates, timestamp=timestamp)
+    small_passes = Ranker(model, candidates_per_pass=3).rank(**history, candidates=candidates, timestamp=timestamp)
     np.testing.assert_allclose(small_passes, full, atol=ATOL, rtol=0)
     order = np.random.default_rng(0).permutation(len(candidates))
     shuffled = Ranker(model).rank(**history, candidates=[candidates[i] for i in order], timestamp=timestamp)
@@ -116,6 +136,7 @@ def test_observed_history_ranks_like_the_same_history_given(formulation, backbon
 
 @pytest.mark.parametrize("formulation,backbone", CASES)
 def test_the_last_history_action_reaches_the_answer(formulation, backbone):
+    """Given in the call or cached by `observe`, the last history action reaches every candidate."""
     model = make_model(formulation, backbone, TASKS)
     history = events(8, 7)
     flipped = {**history, "labels": history["labels"][:-1] + [[1 - a for a in history["labels"][-1]]]}
@@ -123,7 +144,11 @@ def test_the_last_history_action_reaches_the_answer(formulation, backbone):
     timestamp = last_time(history) + 1
     before = ranker.rank(**history, candidates=[4, 11], timestamp=timestamp)
     after = ranker.rank(**flipped, candidates=[4, 11], timestamp=timestamp)
-    assert np.abs(after - before).max() > 1e-6
+    assert np.abs(after - before).min() > 1e-6
+    ranker.observe("before", **history)
+    ranker.observe("after", **flipped)
+    cached = [ranker.rank(user=user, candidates=[4, 11], timestamp=timestamp) for user in ("before", "after")]
+    assert np.abs(cached[1] - cached[0]).min() > 1e-6
 
 
 @pytest.mark.parametrize("formulation,backbone", CASES)
@@ -190,7 +215,9 @@ def test_a_refused_observe_caches_nothing():
 
 def test_the_history_cache_is_bounded_in_bytes_least_recently_used_first():
     model = make_model("lagged", "hstu", TASKS)
-    one_user = 10 * (8 + 8 + 4 * TASKS + 8)  # ten events: item, timestamp, labels, action value
+    # Ten events (item, timestamp, labels, action value) and the model's state of them: two layers'
+    # keys and values (10 tokens × dim 16, float32), the tokens' times, and lagged's b(a_N).
+    one_user = 10 * (8 + 8 + 4 * TASKS + 8) + 2 * 2 * 10 * 16 * 4 + 10 * 8 + 16 * 4
     ranker = Ranker(model, cache_bytes=3 * one_user)
     for user in ("a", "b", "c"):
         ranker.observe(user, **events(10, 9))
@@ -200,18 +227,34 @@ def test_the_history_cache_is_bounded_in_bytes_least_recently_used_first():
     assert ranker.cache.get("b") is None and ranker.cache.get("a") is not None
 
 
-def test_two_thousand_candidates_go_through_in_bounded_passes():
-    model = build_model(replace(make_model("interleaved", "hstu", TASKS).config, num_items=2_500))
-    ranker = Ranker(model, rows_per_pass=256)
-    rows = []
-    ranker.model.register_forward_pre_hook(lambda module, args: rows.append(args[0].items.shape[0]))
-    history = events(12, 11)
-    candidates = list(range(1, 2_001))
-    probs = ranker.rank(**history, candidates=candidates, timestamp=last_time(history))
-    assert probs.shape == (2_000, TASKS) and max(rows) == 256 and sum(rows) == 2_000
+@pytest.mark.parametrize("formulation,backbone", CASES)
+def test_two_thousand_candidates_go_through_one_history_pass_without_a_k_by_n_by_n_tensor(formulation, backbone):
+    """K = 2,000 in one call: the history is encoded once, the candidates go in passes of at most
+    `candidates_per_pass`, the model's K-row forward never runs, and no tensor reaches heads ×
+    K × (history tokens + 1) elements — O(K·N); a K × N × N tensor would be 30 times more."""
+    model = build_model(replace(make_model(formulation, backbone, TASKS).config, num_items=2_500, max_len=128)).eval()
+    K, N = 2_000, model.config.max_len - 1
+    tokens = 2 * N if formulation == "interleaved" else N
+    ranker = Ranker(model, candidates_per_pass=K)
+    calls = {"extend_history": [], "rank_candidates": [], "forward": []}
+    served = ranker.model
+    for name in ("extend_history", "rank_candidates"):
+        method = getattr(served, name)
+        setattr(served, name, lambda *args, method=method, name=name: calls[name].append(args) or method(*args))
+    served.register_forward_pre_hook(lambda module, args: calls["forward"].append(args))
+    history, candidates = events(N, 11), list(range(1, K + 1))
+    with LargestTensor() as seen:
+        probs = ranker.rank(**history, candidates=candidates, timestamp=last_time(history))
+    assert probs.shape == (K, TASKS)
+    assert len(calls["extend_history"]) == 1 and len(calls["rank_candidates"]) == 1 and not calls["forward"]
+    assert seen.largest <= model.config.heads * K * (tokens + 1) < K * N * N / 30, seen.largest
     for k in (0, 1_234, 1_999):
-        np.testing.assert_allclose(probs[k], model_says(model.eval(), history, candidates[k], last_time(history)),
-                                   atol=ATOL, rtol=0)
+        np.testing.assert_allclose(probs[k], model_says(model, history, candidates[k], last_time(history)), atol=ATOL, rtol=0)
+    ranker.candidates_per_pass = 256
+    calls["rank_candidates"].clear()
+    in_passes = ranker.rank(**history, candidates=candidates, timestamp=last_time(history))
+    assert [len(args[1]) for args in calls["rank_candidates"]] == [256] * 7 + [208]
+    np.testing.assert_allclose(in_passes, probs, atol=ATOL, rtol=0)
 
 
 def test_concurrent_observes_and_ranks_equal_sequential_ones():
@@ -233,3 +276,88 @@ def test_concurrent_observes_and_ranks_equal_sequential_ones():
         answers = list(pool.map(user, [f"u{i}" for i in range(8)]))
     for answer in answers:
         np.testing.assert_allclose(answer, expected, atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("formulation,backbone", CASES)
+def test_the_cache_answers_like_a_ranker_without_one_through_appends_slides_and_evictions(formulation, backbone):
+    """Random observes and ranks over four users with room for about three: after every
+    step, a cached user answers like an uncached ranker given the user's events since they were
+    last evicted (cut to max_len − 1), with or without extra events in the call."""
+    model = make_model(formulation, backbone, TASKS)
+    rng = np.random.default_rng(13)
+    sizing = Ranker(model)
+    sizing.observe("x", **events(20, 0))
+    ranker, uncached = Ranker(model, cache_bytes=3 * sizing.cache.nbytes), Ranker(model)
+    users = ["a", "b", "c", "d"]
+    observed, clock, evictions, slides = {u: events(0, 0) for u in users}, dict.fromkeys(users, 1_000), 0, 0
+    for step in range(60):
+        user = users[rng.integers(len(users))]
+        new = events(int(rng.integers(1, 14)), seed=100 + step, start=clock[user])
+        clock[user] = last_time(new) or clock[user]
+        if rng.random() < 0.5:
+            ranker.observe(user, **new)
+            observed[user] = joined(observed[user], new)
+            slides += len(observed[user]["items"]) > model.config.max_len - 1
+            for other in users:
+                if other not in ranker.cache and observed[other]["items"]:
+                    observed[other], evictions = events(0, 0), evictions + 1
+            assert ranker.cache.nbytes <= ranker.cache.max_bytes or len(ranker.cache) == 1
+        else:
+            count = int(rng.integers(0, 3))
+            extra = {k: v[:count] for k, v in new.items()}
+            candidates = rng.integers(1, NUM_ITEMS + 1, 6).tolist()
+            timestamp = clock[user] + 10
+            got = ranker.rank(user=user, **(extra if extra["items"] else {}), candidates=candidates, timestamp=timestamp)
+            expected = uncached.rank(**joined(observed[user], extra), candidates=candidates, timestamp=timestamp)
+            np.testing.assert_allclose(got, expected, atol=ATOL, rtol=0, err_msg=f"step {step}, user {user}")
+    assert evictions > 0 and slides > 0
+
+
+def test_concurrent_appends_to_one_user_leave_a_state_equal_to_its_events():
+    """Threads appending to (and ranking for) one user: every call's events stay together, and the
+    cached state answers like the events the cache ends up holding, given uncached."""
+    model = make_model("interleaved", "hstu", TASKS)
+    ranker = Ranker(model)
+    keep = model.config.max_len - 1
+    pieces = []
+    for i in range(12):  # five events of item i + 1 each, all at one time, so any order is valid
+        piece = events(5, seed=i)
+        pieces.append({**piece, "items": [i + 1] * 5, "timestamps": [5_000] * 5})
+
+    def append(piece: dict) -> None:
+        ranker.observe("u", **piece)
+        ranker.rank(user="u", candidates=[1, 2], timestamp=6_000)
+
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(append, pieces))
+    held = ranker.cache.get("u").events
+    assert len(held) == keep
+    runs = np.diff(np.flatnonzero(np.diff(held.items, prepend=-1, append=-1)))  # lengths of equal-item runs
+    assert runs[0] <= 5 and (runs[1:] == 5).all(), held.items  # no call's events were split by another's
+    given = dict(items=held.items.tolist(), timestamps=held.timestamps.tolist(), labels=held.labels.tolist(),
+                 action_values=held.action_values.tolist())
+    expected = Ranker(model).rank(**given, candidates=[1, 7, 30], timestamp=6_000)
+    np.testing.assert_allclose(ranker.rank(user="u", candidates=[1, 7, 30], timestamp=6_000), expected, atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("formulation,backbone", CASES)
+def test_ranking_never_changes_the_cached_history(formulation, backbone):
+    """Candidates, the request time and events given in a call reach no cached tensor: the entry
+    after many ranks is the one `observe` stored, bit for bit, and equals a fresh ranker's."""
+    model = make_model(formulation, backbone, TASKS)
+    history = events(10, 21)
+    ranker, fresh = Ranker(model), Ranker(model)
+    for target in (ranker, fresh):
+        target.observe("u", **{k: v[:6] for k, v in history.items()})
+        target.observe("u", **{k: v[6:] for k, v in history.items()})
+    entry = ranker.cache.get("u")
+    before = {name: t.clone() for name, t in entry.state.tensors().items()}
+    later = events(3, 22, start=last_time(history))
+    for candidates, timestamp in (([1], 10**7), (list(range(1, NUM_ITEMS + 1)), last_time(history)), ([3, 3, 9], 10**9)):
+        ranker.rank(user="u", candidates=candidates, timestamp=timestamp)
+        ranker.rank(user="u", **later, candidates=candidates, timestamp=max(timestamp, last_time(later)))
+    assert ranker.cache.get("u") is entry
+    after, rebuilt = entry.state.tensors(), fresh.cache.get("u").state.tensors()
+    assert before.keys() == after.keys() == rebuilt.keys()
+    for name in before:
+        assert torch.equal(after[name], before[name]) and torch.equal(rebuilt[name], before[name]), name

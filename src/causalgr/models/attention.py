@@ -8,6 +8,11 @@ Four masks appear in causalgr (positions are 0-based, n = query, j = key):
 - target-aware — `summed`'s 2N tokens, N history tokens then N target tokens: history n sees
              history j ≤ n; target n sees history j < n and itself, never another target.
 
+Serving (docs/serving.md) runs the same kernels in two more shapes, forward only: a
+*continuation*, whose queries are the last Lq of the L positions (new events after a cached
+history, which they see in full), and targets *after* the history (`after=True`): K candidates
+at position L, each seeing every history key and itself, never another candidate.
+
 Each kernel takes the attention engine (`ModelConfig.attention`): "reference" is the readable
 version that materialises its masks; every other engine is an efficient one (SDPA's causal flag, the shift trick, the diagonal
 correction, HSTU's blocked/Triton kernels in `kernels/`) and never builds an [L, L] tensor;
@@ -22,7 +27,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-from causalgr.models.kernels import BiasTables, fast_pointwise_attention, softmax_diagonal
+from causalgr.models.kernels import BiasTables, blocked_after_forward, fast_pointwise_attention, softmax_diagonal
+from causalgr.models.kernels.blocked import block_rows
 from causalgr.models.timegaps import log_bucket
 
 
@@ -48,15 +54,21 @@ def target_aware_mask(events: int, device: torch.device) -> torch.Tensor:
 def softmax_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, u: torch.Tensor | None = None, *, engine: str = "auto"
 ) -> torch.Tensor:
-    """Causal softmax attention; with `u`, the mvp form Σ_{j≤n} α_nj v_j + Σ_{j<n} α_nj u_j."""
-    L = q.shape[-2]
+    """Causal softmax attention; with `u`, the mvp form Σ_{j≤n} α_nj v_j + Σ_{j<n} α_nj u_j.
+
+    q may hold only the last Lq of the L positions of k, v, u: a continuation (see above).
+    """
+    Lq, L = q.shape[-2], k.shape[-2]
     if engine == "reference":
-        scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])  # [B, H, L, L]
-        probs = scores.masked_fill(~causal_mask(L, q.device), float("-inf")).softmax(-1)
+        rows = slice(L - Lq, L)  # the queries' positions
+        scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])  # [B, H, Lq, L]
+        probs = scores.masked_fill(~causal_mask(L, q.device)[rows], float("-inf")).softmax(-1)
         out = probs @ v
         if u is not None:
-            out = out + (probs * strict_mask(L, q.device)) @ u
+            out = out + (probs * strict_mask(L, q.device)[rows]) @ u
         return out
+    if Lq < L:
+        return _continued_softmax_attention(q, k, v, u)
     if u is None:
         return F.scaled_dot_product_attention(q, k, v, is_causal=True)
     # One flash call on v + u, then remove the diagonal term α_nn·u_n that j < n forbids. α_nn =
@@ -67,6 +79,27 @@ def softmax_attention(
         return out - softmax_diagonal(q, k, lse)[..., None] * u
     out = F.scaled_dot_product_attention(q, k, v + u, is_causal=True)
     return out - softmax_diagonal(q, k)[..., None] * u
+
+
+def _continued_softmax_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, u: torch.Tensor | None
+) -> torch.Tensor:
+    """`softmax_attention` for queries at the last Lq < L positions, a block of query rows at a time:
+    one [B, H, rows, L] slab at most, never [Lq, L]. Forward only (serving)."""
+    Lq, L, dh = q.shape[-2], k.shape[-2], q.shape[-1]
+    first, block = L - Lq, block_rows(q, None, L)
+    x = v if u is None else v + u  # mvp: one pass over v + u, minus the diagonal α_nn·u_n
+    out = x.new_empty(*q.shape[:-1], x.shape[-1])  # [B, H, Lq, dh]
+    for start in range(first, L, block):
+        stop = min(start + block, L)
+        rows = slice(start - first, stop - first)
+        allowed = torch.arange(stop, device=q.device)[None, :] <= torch.arange(start, stop, device=q.device)[:, None]
+        scores = (q[:, :, rows] @ k[:, :, :stop].transpose(-2, -1)).mul_(1.0 / math.sqrt(dh))  # [B, H, rows, stop]
+        probs = scores.masked_fill_(~allowed, float("-inf")).softmax(-1)
+        out[:, :, rows] = probs @ x[:, :, :stop]
+        if u is not None:
+            out[:, :, rows] -= probs[..., start:stop].diagonal(dim1=-2, dim2=-1)[..., None] * u[:, :, start:stop]
+    return out
 
 
 def relative_bias(tables: BiasTables, positions: torch.Tensor | None = None) -> torch.Tensor:
@@ -98,16 +131,18 @@ def pointwise_attention(
     padded or total length keeps position n independent of padding and of the events after it.
     The fast path never builds the [L, L] bias or weights: it makes them a block of queries at a
     time from the tables (blocked PyTorch on CPU, our Triton kernel on CUDA, `kernels/`).
+    q may hold only the last Lq of the L positions of k, v, u, bias: a continuation (see above).
     """
     if engine == "reference":
-        L = q.shape[-2]
-        scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1]) + relative_bias(bias)  # [B, H, L, L]
-        count = torch.arange(1, L + 1, device=q.device, dtype=q.dtype)[:, None]  # [L, 1]
-        mask = strict_mask(L, q.device) if strict else causal_mask(L, q.device)
+        Lq, L = q.shape[-2], k.shape[-2]
+        rows = slice(L - Lq, L)  # the queries' positions
+        scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1]) + relative_bias(bias)[..., rows, :]  # [B, H, Lq, L]
+        count = torch.arange(L - Lq + 1, L + 1, device=q.device, dtype=q.dtype)[:, None]  # [Lq, 1]
+        mask = (strict_mask(L, q.device) if strict else causal_mask(L, q.device))[rows]
         weights = F.silu(scores) * mask / count
         out = weights @ v
         if u is not None:
-            out = out + (weights * strict_mask(L, q.device)) @ u
+            out = out + (weights * strict_mask(L, q.device)[rows]) @ u
         return out
     # mvp: one pass over v + u, minus the forbidden diagonal term A_nn·u_n (in the kernel).
     return fast_pointwise_attention(q, k, v, bias, u, strict=strict, engine=None if engine == "auto" else engine)
@@ -126,21 +161,41 @@ def target_aware_softmax_attention(
         return scores.masked_fill(~target_aware_mask(N, q.device), float("-inf")).softmax(-1) @ v
     (q_h, q_t), (k_h, k_t), (v_h, v_t) = (x.split(N, dim=2) for x in (q, k, v))
     history = F.scaled_dot_product_attention(q_h, k_h, v_h, is_causal=True)  # [B, H, N, dh]
-    # Target n: lfa's shift trick puts one slot before history keys 0..N−2, so the inclusive causal
-    # mask at query n sees the slot and history j < n. The slot stands for the target's own key:
-    # one extra head dim makes its score per query (q'_n = [q_n, q_n·k_n], slot key = [0, 1]),
-    # and its value [0, 1] returns the slot's weight α_nn in that dim, so the own value v_t_n is
-    # added outside. Exact, one flash-capable call; zero dims pad the width to a multiple of 8.
+    return torch.cat([history, target_softmax_attention(q_t, k_t, v_t, k_h, v_h, engine=engine)], dim=2)
+
+
+def target_softmax_attention(
+    q_t: torch.Tensor, k_t: torch.Tensor, v_t: torch.Tensor, k_h: torch.Tensor, v_h: torch.Tensor,
+    *, after: bool = False, engine: str = "auto",
+) -> torch.Tensor:
+    """Softmax attention of target tokens over history tokens and themselves, never over another
+    target: q_t, k_t, v_t [B, H, K, dh]; k_h, v_h [B, H, L, dh] → [B, H, K, dh].
+
+    Staggered (`summed` in training, K = L): target n sees history j < n. `after` (serving's
+    candidates, any K): every target comes after the whole history and sees all of it.
+    """
+    K, L, dh = q_t.shape[-2], k_h.shape[-2], q_t.shape[-1]
+    if engine == "reference":
+        visible = torch.ones(K, L, dtype=torch.bool, device=q_t.device) if after else strict_mask(L, q_t.device)
+        allowed = torch.cat([visible, torch.eye(K, dtype=torch.bool, device=q_t.device)], dim=1)  # [K, L + K]
+        scores = (q_t @ torch.cat([k_h, k_t], dim=2).transpose(-2, -1)) / math.sqrt(dh)  # [B, H, K, L + K]
+        return scores.masked_fill(~allowed, float("-inf")).softmax(-1) @ torch.cat([v_h, v_t], dim=2)
+    # A slot key stands for each target's own key: one extra head dim makes its score per query
+    # (q'_n = [q_n, q_n·k_n], slot key = [0, 1]), and its value [0, 1] returns the slot's weight
+    # α_nn in that dim, so the own value v_t_n is added outside. Staggered targets use lfa's shift
+    # trick: the slot before history keys 0..L−2, so the inclusive causal mask at query n sees the
+    # slot and history j < n; targets after the history see the slot and every key, unmasked.
+    # Exact, one flash-capable call; zero dims pad the width to a multiple of 8.
     width = -(-(dh + 1) // 8) * 8
-    slot = q.new_zeros(*q.shape[:2], 1, width)  # [B, H, 1, width]
+    slot = q_t.new_zeros(*q_t.shape[:2], 1, width)  # [B, H, 1, width]
     slot[..., dh] = 1.0
-    own = (q_t * k_t).sum(-1, keepdim=True)  # q_t_n·k_t_n, [B, H, N, 1]
-    queries = F.pad(torch.cat([q_t, own], dim=-1), (0, width - dh - 1))  # [B, H, N, width]
-    keys = torch.cat([slot, F.pad(k_h[:, :, :-1], (0, width - dh))], dim=2)  # slot, history 0..N−2
-    values = torch.cat([slot, F.pad(v_h[:, :, :-1], (0, width - dh))], dim=2)
-    out = F.scaled_dot_product_attention(queries, keys, values, is_causal=True, scale=1 / math.sqrt(dh))
-    targets = out[..., :dh] + out[..., dh : dh + 1] * v_t  # Σ_{j<n} α_nj v_h_j + α_nn v_t_n
-    return torch.cat([history, targets], dim=2)
+    own = (q_t * k_t).sum(-1, keepdim=True)  # q_t_n·k_t_n, [B, H, K, 1]
+    queries = F.pad(torch.cat([q_t, own], dim=-1), (0, width - dh - 1))  # [B, H, K, width]
+    seen = slice(None) if after else slice(None, -1)  # history keys behind the slot
+    keys = torch.cat([slot, F.pad(k_h[:, :, seen], (0, width - dh))], dim=2)  # [B, H, 1 + L (− 1), width]
+    values = torch.cat([slot, F.pad(v_h[:, :, seen], (0, width - dh))], dim=2)
+    out = F.scaled_dot_product_attention(queries, keys, values, is_causal=not after, scale=1 / math.sqrt(dh))
+    return out[..., :dh] + out[..., dh : dh + 1] * v_t  # Σ_j α_nj v_h_j + α_nn v_t_n
 
 
 def target_aware_pointwise_attention(
@@ -160,15 +215,49 @@ def target_aware_pointwise_attention(
         scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1]) + relative_bias(twins, positions)  # [B, H, 2N, 2N]
         count = (positions + 1).to(q.dtype)[:, None]  # [2N, 1]
         return (F.silu(scores) * target_aware_mask(N, q.device) / count) @ v
-    # The target-aware mask is a causal mask over the history plus a diagonal swap: the strict
-    # kernel of target queries over history keys, plus each target's own term, O(N·dh).
     (q_h, q_t), (k_h, k_t), (v_h, v_t) = (x.split(N, dim=2) for x in (q, k, v))
     history = pointwise_attention(q_h, k_h, v_h, bias, engine=engine)  # [B, H, N, dh]
-    targets = pointwise_attention(q_t, k_h, v_h, bias, strict=True, engine=engine)
+    return torch.cat([history, target_pointwise_attention(q_t, k_t, v_t, k_h, v_h, bias, engine=engine)], dim=2)
+
+
+def target_pointwise_attention(
+    q_t: torch.Tensor, k_t: torch.Tensor, v_t: torch.Tensor, k_h: torch.Tensor, v_h: torch.Tensor,
+    bias: BiasTables, *, after: bool = False, engine: str = "auto",
+) -> torch.Tensor:
+    """HSTU's attention of target tokens over history tokens and themselves, never over another
+    target: q_t, k_t, v_t [B, H, K, dh]; k_h, v_h [B, H, L, dh] → [B, H, K, dh].
+
+    Target n at position p_n: Σ_{visible j} A(q_t_n, k_h_j) v_h_j + A(q_t_n, k_t_n) v_t_n, with
+    the 1/(p_n + 1) normaliser of a query that sees p_n history keys and itself; its own key has
+    the bias of distance 0 and time gap 0. Staggered (`summed` in training, K = L; bias.timestamps
+    [B, L]): target n is the twin of history token n, at position n and time t_n, and sees history
+    j < n. `after` (serving's candidates, any K; bias.timestamps [B, L + 1]): every target is at
+    position L and time bias.timestamps[:, L], and sees the whole history.
+    """
+    K, L, dh = q_t.shape[-2], k_h.shape[-2], q_t.shape[-1]
+    if engine == "reference":
+        history_times = bias.timestamps[:, :L]
+        target_positions = torch.full((K,), L, device=q_t.device) if after else torch.arange(L, device=q_t.device)
+        target_times = bias.timestamps[:, L:].expand(-1, K) if after else history_times  # [B, K]
+        positions = torch.cat([torch.arange(L, device=q_t.device), target_positions])  # [L + K]
+        tables = bias._replace(timestamps=torch.cat([history_times, target_times], dim=1))  # [B, L + K]
+        keys, values = torch.cat([k_h, k_t], dim=2), torch.cat([v_h, v_t], dim=2)  # [B, H, L + K, dh]
+        scores = (q_t @ keys.transpose(-2, -1)) / math.sqrt(dh) + relative_bias(tables, positions)[..., L:, :]  # [B, H, K, L + K]
+        visible = torch.ones(K, L, dtype=torch.bool, device=q_t.device) if after else strict_mask(L, q_t.device)
+        allowed = torch.cat([visible, torch.eye(K, dtype=torch.bool, device=q_t.device)], dim=1)  # [K, L + K]
+        count = (target_positions + 1).to(q_t.dtype)[:, None]  # [K, 1]
+        return (F.silu(scores) * allowed / count) @ values
+    # The history part is the strict kernel (staggered: the target-aware mask is a causal mask
+    # plus a diagonal swap) or one shared bias row (after); the own term is O(K·dh).
+    if after:
+        history = blocked_after_forward(q_t, k_h, v_h, bias)  # [B, H, K, dh]
+        count = torch.full((K,), L + 1, device=q_t.device, dtype=q_t.dtype)
+    else:
+        history = pointwise_attention(q_t, k_h, v_h, bias, strict=True, engine=engine)
+        count = torch.arange(1, L + 1, device=q_t.device, dtype=q_t.dtype)
     own_bias = bias.position[0] + bias.time[0]  # [H]: distance 0, gap 0 (bucket 0)
-    own = F.silu((q_t * k_t).sum(-1) / math.sqrt(q.shape[-1]) + own_bias[:, None])  # [B, H, N]
-    count = torch.arange(1, N + 1, device=q.device, dtype=q.dtype)
-    return torch.cat([history, targets + (own / count)[..., None] * v_t], dim=2)
+    own = F.silu((q_t * k_t).sum(-1) / math.sqrt(dh) + own_bias[:, None])  # [B, H, K]
+    return history + (own / count)[..., None] * v_t
 
 
 def strict_pooling(
@@ -178,21 +267,27 @@ def strict_pooling(
     null_k: torch.Tensor,
     null_v: torch.Tensor,
     *,
+    after: bool = False,
     engine: str = "auto",
 ) -> torch.Tensor:
     """Softmax pooling over keys j < n plus a learned null slot (the only key at n = 0).
 
-    q, k, v: [B, H, L, dh]; null_k, null_v: [H, dh].
+    q, k, v: [B, H, L, dh]; null_k, null_v: [H, dh]. `after` (serving's candidates): q holds
+    any number of queries that all come after the L keys, and each sees every key.
     """
-    B, H, L, dh = q.shape
+    B, H, L, dh = k.shape
+    Lq = q.shape[-2]
     null_k = null_k[None, :, None, :].expand(B, H, 1, dh)
     null_v = null_v[None, :, None, :].expand(B, H, 1, dh)
     if engine == "reference":
         keys = torch.cat([null_k, k], dim=2)  # [B, H, 1 + L, dh]: slot 0 = null, slot j + 1 = event j
         values = torch.cat([null_v, v], dim=2)
-        allowed = torch.cat([torch.ones(L, 1, dtype=torch.bool, device=q.device), strict_mask(L, q.device)], dim=1)
-        scores = (q @ keys.transpose(-2, -1)) / math.sqrt(dh)  # [B, H, L, 1 + L]
+        visible = torch.ones(Lq, L, dtype=torch.bool, device=q.device) if after else strict_mask(L, q.device)
+        allowed = torch.cat([torch.ones(Lq, 1, dtype=torch.bool, device=q.device), visible], dim=1)  # [Lq, 1 + L]
+        scores = (q @ keys.transpose(-2, -1)) / math.sqrt(dh)  # [B, H, Lq, 1 + L]
         return scores.masked_fill(~allowed, float("-inf")).softmax(-1) @ values
+    if after:
+        return F.scaled_dot_product_attention(q, torch.cat([null_k, k], dim=2), torch.cat([null_v, v], dim=2))
     # Shift trick: put the null slot first and drop the last event, so that the plain inclusive
     # causal mask at query n sees slots 0..n = null, events 0..n-1 — exactly j < n.
     keys = torch.cat([null_k, k[:, :, :-1]], dim=2)  # [B, H, L, dh]

@@ -7,6 +7,7 @@ from torch import nn
 
 from causalgr.batch import Batch
 from causalgr.models.action_encoder import ActionEncoder
+from causalgr.models.cache import HistoryState
 from causalgr.models.config import ModelConfig
 from causalgr.models.heads import MultiTaskHead
 from causalgr.models.hstu import HSTUEncoder
@@ -40,6 +41,19 @@ class RankingModel(nn.Module):
         return self.actions(batch.labels.to(self.items.weight.dtype), batch.action_values)
 
     def forward(self, batch: Batch) -> torch.Tensor:
+        raise NotImplementedError
+
+    # Serving (docs/serving.md), eval mode only: the history once, then K candidates in one pass.
+    # Together they must give exactly forward's logits at position N of history + (c, t).
+
+    def extend_history(self, state: HistoryState | None, events: Batch) -> HistoryState:
+        """The cached history after appending `events` (one row, M ≥ 0 events, oldest first, not
+        before those of `state`) to `state` (None: an empty history). `state` is left as it was."""
+        raise NotImplementedError
+
+    def rank_candidates(self, state: HistoryState, candidates: torch.Tensor, timestamp: int) -> torch.Tensor:
+        """Logits [K, T]: row k is forward's at position N of history + (candidates[k], timestamp),
+        where candidates [K] are dense item ids. Candidates never see each other."""
         raise NotImplementedError
 
     def num_parameters(self, include_items: bool = True) -> int:

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from causalgr.models.attention import strict_pooling
+from causalgr.models.cache import PoolingCache
 
 
 class MultiTaskHead(nn.Module):
@@ -42,6 +43,19 @@ class ActionPooling(nn.Module):
         """h [B, N, D] item states, actions [B, N, D] = b(a) → p [B, N, D]."""
         q, k, v = (split_heads(x, self.heads) for x in (self.query(h), self.key(h), self.value(actions)))
         pooled = strict_pooling(q, k, v, self.null_key, self.null_value, engine=self.engine)
+        return self.out(merge_heads(pooled))
+
+    def extend(self, cache: PoolingCache | None, h: torch.Tensor, actions: torch.Tensor) -> PoolingCache:
+        """Serving: the keys k(h_j) and values W_v b(a_j) of new events (h, actions [1, M, D])
+        appended to those of the cached ones."""
+        k, v = (split_heads(x, self.heads) for x in (self.key(h), self.value(actions)))  # [1, Hp, M, dh]
+        return PoolingCache(k, v) if cache is None else PoolingCache(*(torch.cat(p, dim=2) for p in zip(cache, (k, v))))
+
+    def targets(self, h: torch.Tensor, cache: PoolingCache) -> torch.Tensor:
+        """Serving: p for K candidates h [1, K, D] after the whole history, which holds no action of
+        theirs: every cached action (and the null slot) is visible → [1, K, D]."""
+        q = split_heads(self.query(h), self.heads)  # [1, Hp, K, dh]
+        pooled = strict_pooling(q, cache.keys, cache.values, self.null_key, self.null_value, after=True, engine=self.engine)
         return self.out(merge_heads(pooled))
 
 

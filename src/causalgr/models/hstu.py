@@ -5,6 +5,9 @@ y = x + f2(LN(A·V) ⊙ U). rab = learned relative-position bias + log-bucketed 
 per head. With `mvp=True` every layer also mixes action values u_j = W_a b(a_j) for j < n.
 `forward_with_targets` runs the same layers over `summed`'s history and target tokens under
 the target-aware mask (`attention.target_aware_pointwise_attention`).
+
+Serving (`extend`, `targets`): the history's per-layer keys and values are kept in an
+`EncoderCache`; new tokens continue it, and K target tokens at position L read it.
 """
 
 from __future__ import annotations
@@ -13,7 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from causalgr.models.attention import pointwise_attention, target_aware_pointwise_attention
+from causalgr.models.attention import pointwise_attention, target_aware_pointwise_attention, target_pointwise_attention
+from causalgr.models.cache import EncoderCache, LayerCache
 from causalgr.models.config import ModelConfig
 from causalgr.models.heads import merge_heads, split_heads
 from causalgr.models.kernels import BiasTables
@@ -52,13 +56,41 @@ class STULayer(nn.Module):
         self, x: torch.Tensor, bias: BiasTables, actions: torch.Tensor | None, target_aware: bool = False
     ) -> torch.Tensor:
         """x [B, L, D]; with `target_aware`, L = 2N: history tokens, then target tokens (`summed`)."""
-        gate, v, q, k = F.silu(self.f1(self.norm_in(x))).chunk(4, dim=-1)  # 4 × [B, L, D]
-        q, k, v = (split_heads(t, self.heads) for t in (q, k, v))  # [B, H, L, dh]
+        gate, q, k, v = self.project(x)
         if target_aware:
             attended = target_aware_pointwise_attention(q, k, v, bias, engine=self.engine)
         else:
-            u = None if self.action_value is None else split_heads(self.action_value(actions), self.heads)
-            attended = pointwise_attention(q, k, v, bias, u, engine=self.engine)
+            attended = pointwise_attention(q, k, v, bias, self.action_values(actions), engine=self.engine)
+        return self.output(x, attended, gate)
+
+    def extend(
+        self, x: torch.Tensor, bias: BiasTables, cache: LayerCache, actions: torch.Tensor | None
+    ) -> tuple[torch.Tensor, LayerCache]:
+        """New tokens x [1, M, D] after the cached L: each sees the cached tokens and the new ones
+        up to itself (bias over all L + M). Returns their outputs and the cache with them appended."""
+        gate, q, k, v = self.project(x)
+        cache = cache.append(k, v, self.action_values(actions))
+        attended = pointwise_attention(q, cache.keys, cache.values, bias, cache.actions, engine=self.engine)  # [1, H, M, dh]
+        return self.output(x, attended, gate), cache
+
+    def targets(self, x: torch.Tensor, bias: BiasTables, cache: LayerCache) -> torch.Tensor:
+        """K target tokens x [1, K, D] at position L (bias over the L history tokens and the target
+        time): each sees every cached token — mvp: with all its action values — and itself."""
+        gate, q, k, v = self.project(x)
+        history = cache.values if cache.actions is None else cache.values + cache.actions  # [1, H, L, dh]
+        attended = target_pointwise_attention(q, k, v, cache.keys, history, bias, after=True, engine=self.engine)
+        return self.output(x, attended, gate)
+
+    def project(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """x [B, L, D] → gate U [B, L, D] and q, k, v [B, H, L, dh]."""
+        gate, v, q, k = F.silu(self.f1(self.norm_in(x))).chunk(4, dim=-1)  # 4 × [B, L, D]
+        return (gate, *(split_heads(t, self.heads) for t in (q, k, v)))
+
+    def action_values(self, actions: torch.Tensor | None) -> torch.Tensor | None:
+        """mvp's u = W_a b(a), [B, H, L, dh]; None for the other formulations."""
+        return None if self.action_value is None else split_heads(self.action_value(actions), self.heads)
+
+    def output(self, x: torch.Tensor, attended: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
         return x + self.dropout(self.f2(self.norm_attn(merge_heads(attended)) * gate))
 
 
@@ -89,3 +121,31 @@ class HSTUEncoder(nn.Module):
         for layer in self.layers:
             x = layer(x, bias, None, target_aware=True)
         return self.norm(x).chunk(2, dim=1)
+
+    def extend(
+        self, x: torch.Tensor, timestamps: torch.Tensor, cache: EncoderCache | None = None,
+        actions: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, EncoderCache]:
+        """Serving: M new tokens x [1, M, D] (times [1, M], mvp's b(a) [1, M, D]) after the cached
+        ones → their states [1, M, D], exactly `forward`'s at those positions, and the cache with
+        them appended. `cache` None starts an empty history."""
+        first = self.layers[0]
+        cache = cache or EncoderCache.empty(len(self.layers), first.heads, first.action_value is not None, x)
+        if x.shape[1] == 0:
+            return self.norm(x), cache
+        times = torch.cat([cache.timestamps, timestamps], dim=1)  # [1, L + M]
+        bias = self.bias(times)
+        layers = []
+        for layer, layer_cache in zip(self.layers, cache.layers):
+            x, layer_cache = layer.extend(x, bias, layer_cache, actions)
+            layers.append(layer_cache)
+        return self.norm(x), EncoderCache(tuple(layers), times)
+
+    def targets(self, x: torch.Tensor, timestamp: int, cache: EncoderCache) -> torch.Tensor:
+        """Serving: K target tokens x [1, K, D] at position L and time `timestamp` → their states
+        [1, K, D]. Each sees the L cached tokens and itself, never another target."""
+        bias = self.bias(F.pad(cache.timestamps, (0, 1), value=timestamp))  # [1, L + 1]: the targets' time last
+        for layer, layer_cache in zip(self.layers, cache.layers):
+            x = layer.targets(x, bias, layer_cache)
+        return self.norm(x)
+

@@ -4,6 +4,8 @@ Tokens: e(i_1), b(a_1), e(i_2), b(a_2), … — 2N tokens through one causal enc
 Mask:   plain causal over the 2N tokens. The item token of event n sits at 2n (0-based), its
         action at 2n + 1, so it sees actions a_j only for j < n.
 Readout: head(state at the item token of i_n); action tokens carry no loss.
+Serving: the 2N history tokens are cached (each layer's keys/values, action tokens included);
+        a candidate is an item token at position 2N that sees all 2N and itself.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import torch
 
 from causalgr.batch import Batch
 from causalgr.models.base import RankingModel
+from causalgr.models.cache import HistoryState
 from causalgr.models.config import ModelConfig
 
 
@@ -29,3 +32,15 @@ class Interleaved(RankingModel):
         times = batch.timestamps.repeat_interleave(2, dim=1)  # [B, 2N]: both tokens of an event share t_n
         states = self.encoder(self.input_dropout(tokens), times)  # [B, 2N, D]
         return self.head(states[:, 0::2])  # item tokens → [B, N, T]
+
+    def extend_history(self, state: HistoryState | None, events: Batch) -> HistoryState:
+        M = events.items.shape[1]
+        items, actions = self.items(events.items), self.embed_actions(events)  # [1, M, D]
+        tokens = torch.stack([items, actions], dim=2).reshape(1, 2 * M, self.config.dim)  # [1, 2M, D]
+        times = events.timestamps.repeat_interleave(2, dim=1)  # [1, 2M]
+        _, encoder = self.encoder.extend(tokens, times, state and state.encoder)  # [1, 2(N + M)] tokens cached
+        return HistoryState(encoder)
+
+    def rank_candidates(self, state: HistoryState, candidates: torch.Tensor, timestamp: int) -> torch.Tensor:
+        states = self.encoder.targets(self.items(candidates)[None], timestamp, state.encoder)  # [1, K, D]
+        return self.head(states[0])  # [K, T]

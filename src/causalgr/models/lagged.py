@@ -3,6 +3,9 @@
 Tokens: e(i_n) + b(a_{n-1}), with a learned start vector in place of b(a_0).
 Mask:   plain causal over N tokens; token n holds actions up to a_{n-1} only.
 Readout: head(h_n).
+Serving: cached are the encoder's keys/values over the N tokens and b(a_N); a candidate is the
+        token e(c) + b(a_N) at position N (the start vector for an empty history), which sees
+        all N and itself.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from torch import nn
 
 from causalgr.batch import Batch
 from causalgr.models.base import RankingModel
+from causalgr.models.cache import HistoryState
 from causalgr.models.config import ModelConfig
 
 
@@ -28,3 +32,14 @@ class Lagged(RankingModel):
         previous = torch.cat([self.start.expand(B, 1, -1), actions[:, :-1]], dim=1)  # b(a_{n-1}), [B, N, D]
         tokens = self.items(batch.items) + previous
         return self.head(self.encoder(self.input_dropout(tokens), batch.timestamps))  # [B, N, T]
+
+    def extend_history(self, state: HistoryState | None, events: Batch) -> HistoryState:
+        last = self.start.view(1, 1, -1) if state is None else state.last_action  # b(a) before the new events
+        actions = torch.cat([last, self.embed_actions(events)], dim=1)  # [1, 1 + M, D]
+        tokens = self.items(events.items) + actions[:, :-1]  # e(i_n) + b(a_{n-1})
+        _, encoder = self.encoder.extend(tokens, events.timestamps, state and state.encoder)
+        return HistoryState(encoder, last_action=actions[:, -1:].clone())  # not a view: the cache counts D floats
+
+    def rank_candidates(self, state: HistoryState, candidates: torch.Tensor, timestamp: int) -> torch.Tensor:
+        tokens = self.items(candidates)[None] + state.last_action  # e(c) + b(a_N), [1, K, D]
+        return self.head(self.encoder.targets(tokens, timestamp, state.encoder)[0])  # [K, T]

@@ -4,6 +4,9 @@ Tokens: e(i_1..N) only; the causal encoder never sees an action: h_n = Enc(e(i_�
 Mask:   causal (j ≤ n) in the encoder; strictly causal (j < n, plus a learned null slot) in
         the pooling p_n = Σ_{j<n} α_nj W_v b(a_j), α_nj from q(h_n)·k(h_j).
 Readout: head([h_n, p_n]).
+Serving: cached are the encoder's keys/values over the N item tokens and the pooling's k(h_j),
+        W_v b(a_j); a candidate is an item token at position N (sees all N and itself) whose
+        pooling sees every history action: j < N + 1.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import torch
 
 from causalgr.batch import Batch
 from causalgr.models.base import RankingModel
+from causalgr.models.cache import HistoryState
 from causalgr.models.config import ModelConfig
 from causalgr.models.heads import ActionPooling
 
@@ -27,3 +31,13 @@ class LateFusion(RankingModel):
         h = self.encoder(self.input_dropout(self.items(batch.items)), batch.timestamps)  # [B, N, D]
         pooled = self.pooling(h, self.embed_actions(batch))  # [B, N, D], actions j < n only
         return self.head(torch.cat([h, pooled], dim=-1))  # [B, N, T]
+
+    def extend_history(self, state: HistoryState | None, events: Batch) -> HistoryState:
+        h, encoder = self.encoder.extend(self.items(events.items), events.timestamps, state and state.encoder)  # [1, M, D]
+        pooling = self.pooling.extend(state and state.pooling, h, self.embed_actions(events))
+        return HistoryState(encoder, pooling)
+
+    def rank_candidates(self, state: HistoryState, candidates: torch.Tensor, timestamp: int) -> torch.Tensor:
+        h = self.encoder.targets(self.items(candidates)[None], timestamp, state.encoder)  # [1, K, D]
+        pooled = self.pooling.targets(h, state.pooling)  # [1, K, D], every history action
+        return self.head(torch.cat([h, pooled], dim=-1)[0])  # [K, T]

@@ -5,6 +5,9 @@ Tokens: e(i_1..N); every attention layer adds action values u_j = W_a b(a_j):
 Mask:   causal for item values, strictly causal for action values. Stacking stays leak-free:
         h_j only ever holds actions earlier than j, and u enters position n from j < n only.
 Readout: head(h_n), or with `mvp_pool_readout` head([h_n, p_n]) with `lfa`'s strict pooling.
+Serving: cached are each layer's keys, values and u_j over the N item tokens (and the pooling's
+        keys/values); a candidate is an item token at position N whose every layer sees
+        v_j + u_j for all history j and its own v, never its own u.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import torch
 
 from causalgr.batch import Batch
 from causalgr.models.base import RankingModel
+from causalgr.models.cache import HistoryState
 from causalgr.models.config import ModelConfig
 from causalgr.models.heads import ActionPooling
 
@@ -34,3 +38,15 @@ class MixedValuePooling(RankingModel):
         if self.pooling is None:
             return self.head(h)  # [B, N, T]
         return self.head(torch.cat([h, self.pooling(h, actions)], dim=-1))
+
+    def extend_history(self, state: HistoryState | None, events: Batch) -> HistoryState:
+        actions = self.embed_actions(events)  # [1, M, D]
+        h, encoder = self.encoder.extend(self.items(events.items), events.timestamps, state and state.encoder, actions)
+        pooling = None if self.pooling is None else self.pooling.extend(state and state.pooling, h, actions)
+        return HistoryState(encoder, pooling)
+
+    def rank_candidates(self, state: HistoryState, candidates: torch.Tensor, timestamp: int) -> torch.Tensor:
+        h = self.encoder.targets(self.items(candidates)[None], timestamp, state.encoder)  # [1, K, D]
+        if self.pooling is None:
+            return self.head(h[0])  # [K, T]
+        return self.head(torch.cat([h, self.pooling.targets(h, state.pooling)], dim=-1)[0])

@@ -5,6 +5,9 @@ bias and stays on the flash/efficient `scaled_dot_product_attention` path. With 
 every layer also mixes action values u_j = W_a b(a_j) for j < n. `forward_with_targets` runs
 the same layers over `summed`'s history and target tokens under the target-aware mask
 (`attention.target_aware_softmax_attention`).
+
+Serving (`extend`, `targets`): the history's per-layer keys and values are kept in an
+`EncoderCache`; new tokens continue it, and K target tokens at position L read it.
 """
 
 from __future__ import annotations
@@ -12,7 +15,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from causalgr.models.attention import softmax_attention, target_aware_softmax_attention
+from causalgr.models.attention import softmax_attention, target_aware_softmax_attention, target_softmax_attention
+from causalgr.models.cache import EncoderCache, LayerCache
 from causalgr.models.config import ModelConfig
 from causalgr.models.heads import merge_heads, split_heads
 from causalgr.models.timegaps import log_bucket
@@ -32,12 +36,37 @@ class TransformerLayer(nn.Module):
 
     def forward(self, x: torch.Tensor, actions: torch.Tensor | None, target_aware: bool = False) -> torch.Tensor:
         """x [B, L, D]; with `target_aware`, L = 2N: history tokens, then target tokens (`summed`)."""
-        q, k, v = (split_heads(t, self.heads) for t in self.qkv(self.norm_attn(x)).chunk(3, dim=-1))  # [B, H, L, dh]
+        q, k, v = self.project(x)
         if target_aware:
             attended = target_aware_softmax_attention(q, k, v, engine=self.engine)
         else:
-            u = None if self.action_value is None else split_heads(self.action_value(actions), self.heads)
-            attended = softmax_attention(q, k, v, u, engine=self.engine)
+            attended = softmax_attention(q, k, v, self.action_values(actions), engine=self.engine)
+        return self.output(x, attended)
+
+    def extend(self, x: torch.Tensor, cache: LayerCache, actions: torch.Tensor | None) -> tuple[torch.Tensor, LayerCache]:
+        """New tokens x [1, M, D] after the cached L: each sees the cached tokens and the new ones
+        up to itself. Returns their outputs and the cache with them appended."""
+        q, k, v = self.project(x)
+        cache = cache.append(k, v, self.action_values(actions))
+        attended = softmax_attention(q, cache.keys, cache.values, cache.actions, engine=self.engine)  # [1, H, M, dh]
+        return self.output(x, attended), cache
+
+    def targets(self, x: torch.Tensor, cache: LayerCache) -> torch.Tensor:
+        """K target tokens x [1, K, D] at position L: each sees every cached token — mvp: with all
+        its action values — and itself."""
+        q, k, v = self.project(x)
+        history = cache.values if cache.actions is None else cache.values + cache.actions  # [1, H, L, dh]
+        return self.output(x, target_softmax_attention(q, k, v, cache.keys, history, after=True, engine=self.engine))
+
+    def project(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """x [B, L, D] → q, k, v [B, H, L, dh]."""
+        return tuple(split_heads(t, self.heads) for t in self.qkv(self.norm_attn(x)).chunk(3, dim=-1))
+
+    def action_values(self, actions: torch.Tensor | None) -> torch.Tensor | None:
+        """mvp's u = W_a b(a), [B, H, L, dh]; None for the other formulations."""
+        return None if self.action_value is None else split_heads(self.action_value(actions), self.heads)
+
+    def output(self, x: torch.Tensor, attended: torch.Tensor) -> torch.Tensor:
         x = x + self.dropout(self.proj(merge_heads(attended)))
         return x + self.dropout(self.mlp(self.norm_mlp(x)))
 
@@ -74,10 +103,40 @@ class SoftmaxEncoder(nn.Module):
             x = layer(x, None, target_aware=True)
         return self.norm(x).chunk(2, dim=1)
 
-    def where_and_when(self, timestamps: torch.Tensor) -> torch.Tensor:
-        """Position and time-gap embedding of each token, [B, L, D] from timestamps [B, L]."""
-        L = timestamps.shape[1]
-        previous = torch.cat([timestamps[:, :1], timestamps[:, :-1]], dim=1)
-        gaps = timestamps - previous  # [B, L], 0 at the first token
-        positions = self.position(torch.arange(L, device=timestamps.device))  # [L, D]
+    def extend(
+        self, x: torch.Tensor, timestamps: torch.Tensor, cache: EncoderCache | None = None,
+        actions: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, EncoderCache]:
+        """Serving: M new tokens x [1, M, D] (times [1, M], mvp's b(a) [1, M, D]) after the cached
+        ones → their states [1, M, D], exactly `forward`'s at those positions, and the cache with
+        them appended. `cache` None starts an empty history."""
+        first = self.layers[0]
+        cache = cache or EncoderCache.empty(len(self.layers), first.heads, first.action_value is not None, x)
+        if x.shape[1] == 0:
+            return self.norm(x), cache
+        x = x + self.where_and_when(timestamps, cache.timestamps)
+        layers = []
+        for layer, layer_cache in zip(self.layers, cache.layers):
+            x, layer_cache = layer.extend(x, layer_cache, actions)
+            layers.append(layer_cache)
+        return self.norm(x), EncoderCache(tuple(layers), torch.cat([cache.timestamps, timestamps], dim=1))
+
+    def targets(self, x: torch.Tensor, timestamp: int, cache: EncoderCache) -> torch.Tensor:
+        """Serving: K target tokens x [1, K, D] at position L and time `timestamp` → their states
+        [1, K, D]. Each sees the L cached tokens and itself, never another target."""
+        when = torch.tensor([[timestamp]], device=x.device)
+        x = x + self.where_and_when(when, cache.timestamps)  # position L, gap to the last history token
+        for layer, layer_cache in zip(self.layers, cache.layers):
+            x = layer.targets(x, layer_cache)
+        return self.norm(x)
+
+
+    def where_and_when(self, timestamps: torch.Tensor, past: torch.Tensor | None = None) -> torch.Tensor:
+        """Position and time-gap embedding of each token, [B, L, D] from timestamps [B, L]; with
+        `past` [B, P], the tokens come after P earlier ones (positions from P, gap from the last)."""
+        start, L = 0 if past is None else past.shape[1], timestamps.shape[1]
+        before = timestamps[:, :1] if start == 0 else past[:, -1:]  # gap 0 at the very first token
+        previous = torch.cat([before, timestamps[:, :-1]], dim=1)
+        gaps = timestamps - previous  # [B, L]
+        positions = self.position(torch.arange(start, start + L, device=timestamps.device))  # [L, D]
         return positions + self.time_gap(log_bucket(gaps, self.time_buckets))

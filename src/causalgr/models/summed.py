@@ -6,6 +6,8 @@ Mask:   target-aware (M-FALCON): history tokens attend causally among themselves
         n attends to history tokens j < n and to itself, never to another target. So target n
         sees a_j for j < n only, and the history it sees never holds a_n or anything later.
 Readout: head(state at target token n), for every n.
+Serving: the N history tokens are cached (each layer's keys/values); a candidate is the target
+        token e(c) + b_∅ of event N, which sees all N history tokens and itself.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from torch import nn
 
 from causalgr.batch import Batch
 from causalgr.models.base import RankingModel
+from causalgr.models.cache import HistoryState
 from causalgr.models.config import ModelConfig
 
 
@@ -33,3 +36,12 @@ class Summed(RankingModel):
             self.input_dropout(history), self.input_dropout(targets), batch.timestamps
         )  # [B, N, D] at the target tokens
         return self.head(states)  # [B, N, T]
+
+    def extend_history(self, state: HistoryState | None, events: Batch) -> HistoryState:
+        history = self.items(events.items) + self.embed_actions(events)  # e(i_j) + b(a_j), [1, M, D]
+        _, encoder = self.encoder.extend(history, events.timestamps, state and state.encoder)
+        return HistoryState(encoder)
+
+    def rank_candidates(self, state: HistoryState, candidates: torch.Tensor, timestamp: int) -> torch.Tensor:
+        targets = self.items(candidates)[None] + self.placeholder  # e(c) + b_∅, [1, K, D]
+        return self.head(self.encoder.targets(targets, timestamp, state.encoder)[0])  # [K, T]

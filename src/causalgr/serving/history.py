@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from causalgr.errors import CausalgrError
+from causalgr.models.cache import HistoryState
 
 
 class InvalidInput(CausalgrError):
@@ -120,38 +121,59 @@ def check_action_values(values: object, length: int, vocabulary: int) -> np.ndar
     return array.astype(np.int64)
 
 
+@dataclass(frozen=True)
+class CachedHistory:
+    """One user's cached history: its events (the last max_len − 1) and what the model made of them."""
+
+    events: History
+    state: HistoryState  # each layer's keys/values and the formulation's extras (`causalgr.models.cache`)
+
+    @property
+    def nbytes(self) -> int:
+        return self.events.nbytes + self.state.nbytes
+
+
 class HistoryCache:
-    """Per-user histories bounded in bytes: least recently used users leave first. Thread-safe."""
+    """Per-user `CachedHistory` bounded in bytes: least recently used users leave first. Thread-safe.
+
+    Entries are never changed, only replaced: a request keeps reading the entry it got while
+    another request replaces it.
+    """
 
     def __init__(self, max_bytes: int):
         self.max_bytes = max_bytes
-        self._users: OrderedDict[str, History] = OrderedDict()
+        self._users: OrderedDict[str, CachedHistory] = OrderedDict()
         self._bytes = 0
         self._lock = threading.Lock()
 
-    def get(self, user: str) -> History | None:
+    def get(self, user: str) -> CachedHistory | None:
         with self._lock:
-            history = self._users.get(user)
-            if history is not None:
+            entry = self._users.get(user)
+            if entry is not None:
                 self._users.move_to_end(user)
-            return history
+            return entry
 
-    def extend(self, user: str, events: History, keep: int) -> History:
-        """Append `events` to `user`'s history, keep its last `keep` events, and return it.
-
-        Checked and stored under one lock, so concurrent appends for a user cannot interleave
-        out of time order; on `InvalidInput` nothing changes. The user just written never leaves.
-        """
+    def replace(self, user: str, old: CachedHistory | None, new: CachedHistory) -> bool:
+        """Store `new` for `user` if its entry is still `old` (None: none); False, and nothing
+        changed, if another caller replaced or evicted it since. Computing `new` happens outside the
+        lock, so concurrent appends for one user retry rather than interleave out of time order.
+        The user just written never leaves; others leave, least recently used first, until the
+        cache fits its bytes."""
         with self._lock:
-            old = self._users.get(user)
-            new = (events if old is None else old.then(events)).recent(keep)
+            if self._users.get(user) is not old:
+                return False
             self._bytes += new.nbytes - (old.nbytes if old is not None else 0)
             self._users[user] = new
             self._users.move_to_end(user)
             while self._bytes > self.max_bytes and len(self._users) > 1:
                 _, leaving = self._users.popitem(last=False)
                 self._bytes -= leaving.nbytes
-            return new
+            return True
+
+    def __contains__(self, user: str) -> bool:
+        """Whether `user` is cached, without making it recently used."""
+        with self._lock:
+            return user in self._users
 
     @property
     def nbytes(self) -> int:

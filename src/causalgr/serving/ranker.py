@@ -1,10 +1,11 @@
 """`Ranker`: P(task) for K candidate items after a user's history, exactly as the model says (docs/design.md §6).
 
 The answer for candidate c is the trained model's prediction at position N + 1 of the sequence
-`history + (c, t)`: row k of a batch whose every row is the history followed by one candidate.
-The candidate's own action is a placeholder of zeros; by the causal invariant the model never
-reads it at that position. Rows are independent, so an answer does not depend on the other
-candidates or their order.
+`history + (c, t)`. The history goes through the model once (`RankingModel.extend_history`:
+each layer's keys and values, and the formulation's extras, kept per user by `observe`); the K
+candidates then go through in one target-aware pass (`RankingModel.rank_candidates`): each sees
+the history and itself, never another candidate, so an answer does not depend on the other
+candidates or their order. Cost O(N² + K·N) cold, O(K·N + new events · N) warm.
 """
 
 from __future__ import annotations
@@ -24,7 +25,9 @@ from causalgr.data.errors import DataError
 from causalgr.data.prepared import ITEM_IDS
 from causalgr.errors import CausalgrError
 from causalgr.models import RankingModel
+from causalgr.models.cache import HistoryState
 from causalgr.serving.history import (
+    CachedHistory,
     History,
     HistoryCache,
     InvalidInput,
@@ -37,7 +40,7 @@ from causalgr.serving.items import ItemIndex, with_unknown_item
 from causalgr.training.evaluate import load_run
 from causalgr.training.rundir import RunDir
 
-ROWS_PER_PASS = 256  # candidate rows per forward pass: bounds memory at rows × (N + 1) tokens
+CANDIDATES_PER_PASS = 256  # bounds a pass's attention slab at candidates × history tokens × heads
 CACHE_BYTES = 256 << 20
 
 
@@ -54,16 +57,17 @@ class Ranker:
     source's original ids. An id the model does not know is answered as the unknown item
     (`causalgr.serving.items`) and listed in `rank_with_details(...).unknown_items`. Histories
     are cut to their last `max_len - 1` events so that history + candidate fits the model.
-    Safe to call from several threads.
+    `observe` keeps each user's events and the model's state of them (`cache`, bounded by
+    `cache_bytes`). Safe to call from several threads.
     """
 
     def __init__(self, model: RankingModel, items: ItemIndex | None = None, *,
-                 cache_bytes: int = CACHE_BYTES, rows_per_pass: int = ROWS_PER_PASS):
+                 cache_bytes: int = CACHE_BYTES, candidates_per_pass: int = CANDIDATES_PER_PASS):
         self.config = model.config
         self.model = with_unknown_item(model)
         self.items = items if items is not None else ItemIndex(model.config.num_items)
         self.cache = HistoryCache(cache_bytes)
-        self.rows_per_pass = rows_per_pass
+        self.candidates_per_pass = candidates_per_pass
         self.max_history = model.config.max_len - 1
         self.device = next(self.model.parameters()).device
         self._model_lock = threading.Lock()  # one forward at a time: torch already uses every core
@@ -97,7 +101,8 @@ class Ranker:
         """probs float32 [K, T]: probs[k] == sigmoid(model(history + (candidates[k], timestamp)))[N].
 
         The history is `user`'s cached events (see `observe`), then the events given here
-        (oldest first, not cached). `InvalidInput` (a `ValueError`) names the field at fault.
+        (oldest first, not cached: the cached state is extended for this call only).
+        `InvalidInput` (a `ValueError`) names the field at fault.
         """
         return self.rank_with_details(items, timestamps, labels, action_values, candidates=candidates,
                                       timestamp=timestamp, user=user).probabilities
@@ -108,25 +113,30 @@ class Ranker:
         """`rank`'s probabilities and the ids of this request the model does not know."""
         given, unknown = self._events(items, timestamps, labels, action_values)
         cached = self.cache.get(_user_key(user)) if user is not None else None
-        history = (given if cached is None else cached.then(given)).recent(self.max_history)
+        history = self._cached_events(cached).then(given)
         timestamp = check_timestamp(timestamp, history)
         if _count(candidates, "candidates") == 0:
             raise InvalidInput("candidates", "must list at least one item")
         dense, unknown_candidates = self.items.lookup(candidates)
-        probabilities = self._score(history, dense, timestamp)
+        probabilities = self._score(self._updated(cached, history, given).state, dense, timestamp)
         return Ranking(probabilities, list(dict.fromkeys(unknown + unknown_candidates)))
 
     def observe(self, user: str | int, items: Sequence, timestamps: Sequence, labels: Sequence,
                 action_values: Sequence | None = None) -> list:
         """Append events (oldest first, not before the user's last one) to `user`'s cached history.
 
-        Keeps the last `max_len - 1` events. Returns the ids the model does not know. On
+        Keeps the last `max_len - 1` events and the model's state of them: the new events are
+        run against the cached state (O(new events · N)), unless the window slides past its
+        oldest events, which rebuilds it (O(N²)). Returns the ids the model does not know. On
         `InvalidInput` nothing is cached.
         """
         key = _user_key(user)
         events, unknown = self._events(items, timestamps, labels, action_values)
-        self.cache.extend(key, events, self.max_history)
-        return unknown
+        while True:  # another call may replace this user's entry meanwhile: then start again from it
+            cached = self.cache.get(key)
+            updated = self._updated(cached, self._cached_events(cached).then(events), events)
+            if self.cache.replace(key, cached, updated):
+                return unknown
 
     def _events(self, items, timestamps, labels, action_values) -> tuple[History, list]:
         if items is None:
@@ -148,37 +158,47 @@ class Ranker:
         )
         return history, unknown
 
-    def _score(self, history: History, candidates: np.ndarray, timestamp: int) -> np.ndarray:
+    def _cached_events(self, cached: CachedHistory | None) -> History:
+        return History.empty(len(self.tasks)) if cached is None else cached.events
+
+    def _updated(self, cached: CachedHistory | None, history: History, new: History) -> CachedHistory:
+        """`history` (= the cached events, then `new`) and its model state. While it fits in the
+        window, the cached state is extended by the new events alone; past it, the window slides
+        and the state is rebuilt from the last max_len − 1 events, since every cached key and value
+        depends on the events that left."""
+        if cached is not None and len(history) <= self.max_history:
+            return CachedHistory(history, self._extend(cached.state, new) if len(new) else cached.state)
+        history = history.recent(self.max_history)
+        return CachedHistory(history, self._extend(None, history))
+
+    @torch.inference_mode()
+    def _extend(self, state: HistoryState | None, events: History) -> HistoryState:
+        batch = history_batch(events).to(self.device)
+        with self._model_lock:
+            return self.model.extend_history(state, batch)
+
+    def _score(self, state: HistoryState, candidates: np.ndarray, timestamp: int) -> np.ndarray:
         # Each distinct candidate is scored once; repeats share its row.
         distinct, where = np.unique(candidates, return_inverse=True)
-        parts = [self._forward(history, distinct[i : i + self.rows_per_pass], timestamp)
-                 for i in range(0, len(distinct), self.rows_per_pass)]
+        parts = [self._rank(state, distinct[i : i + self.candidates_per_pass], timestamp)
+                 for i in range(0, len(distinct), self.candidates_per_pass)]
         return np.concatenate(parts)[where.reshape(-1)]
 
     @torch.inference_mode()
-    def _forward(self, history: History, candidates: np.ndarray, timestamp: int) -> np.ndarray:
-        batch = candidate_batch(history, candidates, timestamp).to(self.device)
+    def _rank(self, state: HistoryState, candidates: np.ndarray, timestamp: int) -> np.ndarray:
         with self._model_lock:
-            logits = self.model(batch)[:, -1]  # [K, T] at the candidate's position
+            logits = self.model.rank_candidates(state, torch.from_numpy(candidates).to(self.device), timestamp)  # [K, T]
         return torch.sigmoid(logits.float()).cpu().numpy()
 
 
-def candidate_batch(history: History, candidates: np.ndarray, timestamp: int) -> Batch:
-    """K rows of N + 1 events: row k is the history, then candidates[k] at `timestamp` with a
-    zero placeholder action (never read at its own position)."""
-    K, N = len(candidates), len(history)
-
-    def rows(events: np.ndarray, last: torch.Tensor) -> torch.Tensor:
-        shared = torch.from_numpy(events).expand(K, *events.shape)  # [K, N, …], no copy per row
-        return torch.cat([shared, last[:, None]], dim=1)  # [K, N + 1, …]
-
-    T = history.labels.shape[1]
+def history_batch(history: History) -> Batch:
+    """The history as a batch of one row [1, N]."""
     return Batch(
-        items=rows(history.items, torch.from_numpy(candidates)),
-        labels=rows(history.labels, torch.zeros(K, T)),
-        action_values=rows(history.action_values, torch.zeros(K, dtype=torch.int64)),
-        timestamps=rows(history.timestamps, torch.full((K,), timestamp, dtype=torch.int64)),
-        lengths=torch.full((K,), N + 1, dtype=torch.int64),
+        items=torch.from_numpy(history.items)[None],
+        labels=torch.from_numpy(history.labels)[None],
+        action_values=torch.from_numpy(history.action_values)[None],
+        timestamps=torch.from_numpy(history.timestamps)[None],
+        lengths=torch.tensor([len(history)]),
     )
 
 

@@ -3,11 +3,13 @@ softmax diagonal weight that mvp's correction needs. `attention.py` holds the re
 references they are tested against."""
 
 from causalgr.models.kernels.bias import BiasTables
+from causalgr.models.kernels.blocked import blocked_after_forward
 from causalgr.models.kernels.pointwise import default_engine, fast_pointwise_attention, triton_available
 from causalgr.models.kernels.softmax_diagonal import softmax_diagonal
 
 __all__ = [
     "BiasTables",
+    "blocked_after_forward",
     "default_engine",
     "fast_pointwise_attention",
     "softmax_diagonal",

@@ -7,6 +7,10 @@
 position n from j < n only. A query block [start, stop) needs keys [0, stop) — the blocks
 above the diagonal are never computed. The backward recomputes each block's scores from q, k
 and the bias tables instead of storing them, so training memory stays linear in L too.
+
+Serving adds two forward-only shapes: the queries may be the last Lq of the L positions (new
+events continuing a cached history), and `blocked_after_forward` runs K target queries that
+all sit at position L, after every key (the ranker's candidates).
 """
 
 from __future__ import annotations
@@ -40,33 +44,59 @@ def _scores(q_block: torch.Tensor, k: torch.Tensor, tables: BiasTables, start: i
     return scores, distance, bucket
 
 
-def block_rows(q: torch.Tensor, block: int | None) -> int:
-    """Query rows per block: `block`, or as many as keep one [B, H, rows, L] slab near SLAB_ELEMENTS.
+def block_rows(q: torch.Tensor, block: int | None, keys: int | None = None) -> int:
+    """Query rows per block: `block`, or as many as keep one [B, H, rows, keys] slab near SLAB_ELEMENTS
+    (`keys` defaults to the number of queries).
 
     Small slabs matter on CPU: a fresh multi-MB tensor costs its page faults on every block.
     """
     if block is not None:
         return block
     B, H, L, _ = q.shape
-    return max(MIN_ROWS, min(L, SLAB_ELEMENTS // (B * H * L)))
+    return max(MIN_ROWS, min(L, SLAB_ELEMENTS // (B * H * max(keys or L, 1))))
 
 
 def blocked_forward(
     q: torch.Tensor, k: torch.Tensor, x: torch.Tensor, y: torch.Tensor | None, tables: BiasTables,
     strict: bool = False, block: int | None = None,
 ) -> torch.Tensor:
-    """out [B, H, L, dh] (see the module docstring); q, k, x, y [B, H, L, dh]."""
-    L, block = q.shape[-2], block_rows(q, block)
-    out = torch.empty_like(x)
-    for start in range(0, L, block):
+    """out [B, H, Lq, dh] (see the module docstring); k, x [B, H, L, dh]; q, y [B, H, Lq, dh] at the
+    last Lq ≤ L positions (Lq = L in training; Lq < L continues after cached keys, forward only)."""
+    L = k.shape[-2]
+    first, block = L - q.shape[-2], block_rows(q, block, L)  # positions [first, L) are the queries
+    out = x.new_empty(*q.shape[:-1], x.shape[-1])
+    for start in range(first, L, block):
         stop = min(start + block, L)
-        scores, _, _ = _scores(q[:, :, start:stop], k, tables, start, stop)
+        rows = slice(start - first, stop - first)
+        scores, _, _ = _scores(q[:, :, rows], k, tables, start, stop)
         weights = F.silu(scores, inplace=True).mul_(_allowed_over_count(start, stop, strict, q.dtype, q.device))
-        out[:, :, start:stop] = weights @ x[:, :, :stop]
+        out[:, :, rows] = weights @ x[:, :, :stop]
         if y is not None:
             diagonal = weights[..., start:stop].diagonal(dim1=-2, dim2=-1)  # A_nn, [B, H, rows]
-            out[:, :, start:stop] -= diagonal[..., None] * y[:, :, start:stop]
+            out[:, :, rows] -= diagonal[..., None] * y[:, :, rows]
         del scores, weights  # before the next block's slab is made
+    return out
+
+
+def blocked_after_forward(
+    q: torch.Tensor, k: torch.Tensor, x: torch.Tensor, tables: BiasTables, block: int | None = None
+) -> torch.Tensor:
+    """K target queries q [B, H, K, dh], all at position L and time tables.timestamps[:, L], over every
+    key k, x [B, H, L, dh] (tables.timestamps [B, L + 1]): Σ_j SiLU(q·k_j/√d + rab_Lj) / (L + 1) · x_j.
+
+    Every target shares one bias row, so a block of targets is one [B, H, rows, L] slab.
+    """
+    K, L = q.shape[-2], k.shape[-2]
+    block = block_rows(q, block, L)
+    distance = distances(L, L + 1, L, tables.position.shape[0], q.device)  # [1, L]
+    bucket = time_buckets(tables.timestamps, L, L + 1, L, tables.time.shape[0])  # [B, 1, L]
+    out = x.new_empty(*q.shape[:-1], x.shape[-1])
+    for start in range(0, K, block):
+        stop = min(start + block, K)
+        scores = (q[:, :, start:stop] @ k.transpose(-2, -1)).mul_(1.0 / math.sqrt(q.shape[-1]))  # [B, H, rows, L]
+        add_block_bias(scores, tables, distance, bucket)  # the one row, broadcast over the targets
+        out[:, :, start:stop] = F.silu(scores, inplace=True).div_(L + 1) @ x
+        del scores
     return out
 
 

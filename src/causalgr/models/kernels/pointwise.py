@@ -72,11 +72,15 @@ def fast_pointwise_attention(
     engine: str | None = None,
     block: int | None = None,
 ) -> torch.Tensor:
-    """HSTU attention [B, H, L, dh] without an [L, L] tensor: Σ_{j≤n} A_nj v_j (j < n with `strict`),
-    and with mvp's action values u also Σ_{j<n} A_nj u_j."""
+    """HSTU attention [B, H, Lq, dh] without an [L, L] tensor: Σ_{j≤n} A_nj v_j (j < n with `strict`),
+    and with mvp's action values u also Σ_{j<n} A_nj u_j. q may hold only the last Lq < L positions
+    (serving continuing a cached history): that runs blocked on any device, forward only."""
     engine = engine or default_engine(q.device)
     if engine not in ("triton", "blocked"):
         raise ValueError(f"engine must be 'triton' or 'blocked', got {engine!r}")
     if strict and u is not None:
         raise ValueError("mvp mixing (u) uses the inclusive mask for v; strict does not apply")
+    if q.shape[-2] < k.shape[-2]:
+        x, y = (v, None) if u is None else (v + u, u[:, :, k.shape[-2] - q.shape[-2] :])
+        return blocked_forward(q, k, x, y, tables, strict, block)
     return _PointwiseAttention.apply(q, k, v, u, tables.position, tables.time, tables.timestamps, strict, engine, block)
