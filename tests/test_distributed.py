@@ -265,15 +265,20 @@ def test_a_one_process_run_resumes_on_two_processes(tiny_data, one_process, tmp_
         assert_same_metrics(result[split], reference[split], f"resumed {split}")
 
 
-def test_a_sharded_table_without_torchrec_is_a_one_line_config_error(monkeypatch):
+def test_a_sharded_table_without_torchrec_is_a_one_line_config_error(tiny_data, monkeypatch, tmp_path):
+    """Before any process starts; evaluating a finished sharded run needs no TorchRec (its table
+    comes back dense), so a config naming it is not refused on reading."""
     from causalgr.errors import ConfigError
-    from causalgr.models import registry
+    from causalgr.models import item_tables
 
-    monkeypatch.setattr(registry, "find_spec", lambda name: None)
-    with pytest.raises(ConfigError) as err:
-        load_config(None, ["model.item_table=sharded"])
-    assert "needs TorchRec, which is not installed: run `make distributed`" in str(err.value)
-    assert "\n" not in str(err.value)
+    monkeypatch.setattr(item_tables, "find_spec", lambda name: None)
+    for start in (lambda: train(config(tiny_data, "model.item_table=sharded"), tmp_path / "one"),
+                  lambda: launch(2, config(tiny_data, "model.item_table=sharded"), tmp_path / "two")):
+        with pytest.raises(ConfigError) as err:
+            start()
+        assert str(err.value) == ("config: model.item_table: 'sharded' needs TorchRec, which is not installed: "
+                                  "run `make distributed` (docs/distributed.md)")
+    assert not (tmp_path / "two").exists()
 
 
 # --- writers killed mid-write -------------------------------------------------------------------

@@ -19,13 +19,23 @@ import logging
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from importlib.util import find_spec
 
 import torch
 from torch import nn
 
+from causalgr.errors import ConfigError
 from causalgr.models.config import ModelConfig
 
 TABLE = "item"  # the EmbeddingCollection's table and feature name
+
+
+def require_torchrec(item_table: str) -> None:
+    """A one-line `ConfigError` when `item_table` is `sharded` and TorchRec is not installed (a
+    sharded run's weights read back into a dense table without it)."""
+    if item_table == "sharded" and find_spec("torchrec") is None:
+        raise ConfigError("config: model.item_table: 'sharded' needs TorchRec, which is not installed: "
+                          "run `make distributed` (docs/distributed.md)")
 
 
 @contextmanager
@@ -65,6 +75,7 @@ class ItemCollection(nn.Module):
 
     def __init__(self, weight: torch.Tensor):
         super().__init__()
+        require_torchrec("sharded")
         with quiet_torchrec():
             from torchrec import EmbeddingCollection, EmbeddingConfig
 

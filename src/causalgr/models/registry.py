@@ -7,8 +7,6 @@ file and one line in `BACKBONES` (in `base.py`, which builds the encoders; see d
 
 from __future__ import annotations
 
-from importlib.util import find_spec
-
 from causalgr.models.base import BACKBONES, RankingModel
 from causalgr.models.config import ModelConfig
 from causalgr.models.interleaved import Interleaved
@@ -39,7 +37,7 @@ ITEM_TABLES = ("dense", "sharded")  # models/item_tables.py builds them
 
 def check_names(config: ModelConfig) -> None:
     """`ValueError` naming the choices when `config` names an unknown formulation, backbone, engine or
-    item table, or a sharded table without TorchRec installed."""
+    item table."""
     for what, name, known in (
         ("formulation", config.formulation, tuple(FORMULATIONS)),
         ("backbone", config.backbone, tuple(BACKBONES)),
@@ -51,8 +49,6 @@ def check_names(config: ModelConfig) -> None:
         raise ValueError(f"attention must be one of {', '.join(engines)} on the {config.backbone} backbone; got {config.attention!r}")
     if config.item_table not in ITEM_TABLES:
         raise ValueError(f"item_table must be one of {', '.join(ITEM_TABLES)}; got {config.item_table!r}")
-    if config.item_table == "sharded" and find_spec("torchrec") is None:
-        raise ValueError("item_table 'sharded' needs TorchRec, which is not installed: run `make distributed` (docs/distributed.md)")
 
 
 def build_model(config: ModelConfig) -> RankingModel:

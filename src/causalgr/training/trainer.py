@@ -40,6 +40,7 @@ from tqdm.auto import tqdm
 from causalgr.data.loader import SequenceLoader
 from causalgr.data.prepared import PreparedData, load_prepared
 from causalgr.models import build_model
+from causalgr.models.item_tables import require_torchrec
 from causalgr.errors import CausalgrError, ConfigError
 from causalgr.training.config import TrainConfig
 from causalgr.training.distributed import Ranks, process_group
@@ -93,6 +94,12 @@ def _torch_settings(threads: int, deterministic: bool):
 
 def config_to_run(config: TrainConfig | None, run: RunDir, resume: bool) -> TrainConfig:
     """Check `run` against `resume` and return the config to run (the saved one when resuming)."""
+    config = _config_to_run(config, run, resume)
+    require_torchrec(config.model.item_table)
+    return config
+
+
+def _config_to_run(config: TrainConfig | None, run: RunDir, resume: bool) -> TrainConfig:
     if not resume:
         if run.is_started():
             raise ConfigError(f"{run.path}: already holds a training run; pass --resume to continue it or choose a new --out")
