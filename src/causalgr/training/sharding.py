@@ -53,11 +53,13 @@ def shard_model(model: RankingModel, ranks: Ranks, optim: OptimSection) -> tuple
     sharder = EmbeddingCollectionSharder(
         fused_params={"optimizer": EmbOptimType.EXACT_ADAGRAD, "learning_rate": optim.lr, "eps": optim.eps}
     )
-    world_size = dist.get_world_size()
-    plan = ShardingPlan({"items.collection": construct_module_sharding_plan(
-        model.items.collection, {TABLE: row_wise(compute_kernel=EmbeddingComputeKernel.FUSED.value)}, sharder=sharder, local_size=ranks.local_world_size,
-        world_size=world_size, device_type=ranks.device.type,
-    )})
+    # Row-wise: rank r owns a contiguous block of rows. The fused kernel is the one TorchRec allows
+    # for row-wise tables (its plain "dense" kernel is for data-parallel tables only).
+    table_plan = construct_module_sharding_plan(
+        model.items.collection, {TABLE: row_wise(compute_kernel=EmbeddingComputeKernel.FUSED.value)}, sharder=sharder,
+        local_size=ranks.local_world_size, world_size=dist.get_world_size(), device_type=ranks.device.type,
+    )
+    plan = ShardingPlan({"items.collection": table_plan})
     with torch.random.fork_rng(devices=[]), quiet_torchrec():  # the seeded stream (dropout) stays a dense run's
         wrapped = DistributedModelParallel(
             model, env=ShardingEnv.from_process_group(dist.group.WORLD), device=ranks.device, plan=plan, sharders=[sharder]

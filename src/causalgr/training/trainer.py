@@ -273,6 +273,8 @@ class _Run:
         if self.sharded:
             saved = sharded_state(self.train_model, self.optimizer.items)
             load_sharded(saved, self.run.sharded_state(state["epoch"]))  # in place, any number of ranks
+            # DCP has already read into the fused kernel's state (TorchRec 1.9 hands out views of
+            # it); TorchRec's documented way in, in case a later version hands out copies.
             self.optimizer.items.load_state_dict(saved["item_optimizer"])
         else:
             self.model.load_state_dict(state["model"])
