@@ -1,9 +1,11 @@
 # Two commands a new user needs: `make main` (set up, then the main job) and `make test`.
+# `make distributed` adds TorchRec for the sharded item table (docs/distributed.md); `make test`
+# installs it too, so that the sharded tests run rather than skip.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup main test clean
+.PHONY: setup distributed main test clean
 
 $(BIN)/causalgr: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,10 +17,20 @@ $(BIN)/causalgr: pyproject.toml
 
 setup: $(BIN)/causalgr
 
+# TorchRec's own requirement is the CUDA build of fbgemm-gpu: the CPU build goes in first (with the
+# extra's other packages), then torchrec without its requirements. torch==2.13.0 is named in each
+# step so that pip never replaces it.
+$(VENV)/.distributed: $(BIN)/causalgr
+	$(BIN)/pip install --quiet torch==2.13.0 -e '.[dev,distributed]'
+	$(BIN)/pip install --quiet --no-deps torch==2.13.0 torchrec==1.9.2
+	touch $@
+
+distributed: $(VENV)/.distributed
+
 main: setup
 	bash scripts/main.sh
 
-test: setup
+test: distributed
 	$(BIN)/pytest -q
 
 clean:

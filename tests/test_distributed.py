@@ -34,6 +34,7 @@ from causalgr.training.config import load_config
 from causalgr.training.distributed import Ranks, process_group, split_by_events
 from causalgr.training.evaluate import evaluate_run
 from causalgr.training.launch import launch
+from causalgr.training.rundir import RunDir
 from causalgr.training.loss import ranking_loss
 from causalgr.training.trainer import train
 from data_helpers import tiny_dataset
@@ -264,3 +265,103 @@ def test_the_process_group_waits_at_most_dist_timeout(monkeypatch):
         assert (ranks.rank, ranks.world_size, ranks.is_main, ranks.device) == (1, 2, False, torch.device("cpu"))
     assert calls == [("gloo", timedelta(seconds=7.5)), "destroyed"]
     assert load_config(None, []).train.dist_timeout == 600
+
+
+def test_a_one_process_run_resumes_on_two_processes(tiny_data, one_process, tmp_path):
+    stopped = train(config(tiny_data), tmp_path / "run", stop_after_epochs=1)
+    assert (stopped.finished, stopped.epoch) == (False, 1)
+    result = launch(2, None, tmp_path / "run", resume=True).metrics
+    assert (result["epochs_run"], result["processes"]) == (EPOCHS, 2)
+    reference_dir, reference = one_process
+    for a, b in zip(records(tmp_path / "run"), records(reference_dir)):
+        assert_close(a["train_loss"], b["train_loss"], f"epoch {a['epoch']} train loss")
+    for split in ("valid", "test"):
+        assert_same_metrics(result[split], reference[split], f"resumed {split}")
+
+
+def test_a_sharded_table_without_torchrec_is_a_one_line_config_error(tiny_data, monkeypatch, tmp_path):
+    """Before any process starts; evaluating a finished sharded run needs no TorchRec (its table
+    comes back dense), so a config naming it is not refused on reading."""
+    from causalgr.errors import ConfigError
+    from causalgr.models import item_tables
+
+    monkeypatch.setattr(item_tables, "find_spec", lambda name: None)
+    for start in (lambda: train(config(tiny_data, "model.item_table=sharded"), tmp_path / "one"),
+                  lambda: launch(2, config(tiny_data, "model.item_table=sharded"), tmp_path / "two")):
+        with pytest.raises(ConfigError) as err:
+            start()
+        assert str(err.value) == ("config: model.item_table: 'sharded' needs TorchRec, which is not installed: "
+                                  "run `make distributed` (docs/distributed.md)")
+    assert not (tmp_path / "two").exists()
+
+
+# --- writers killed mid-write -------------------------------------------------------------------
+
+# A child process writes a checkpoint over an earlier one, and stops in the middle: after `PARTS`
+# of the new file (atomic_write), or with DCP's data written and its `.metadata` not yet
+# (save_sharded). The parent kills it there with SIGKILL.
+KILLED_WRITER = """
+import os, sys, time
+from pathlib import Path
+import torch
+import torch.distributed.checkpoint as dcp
+from causalgr.training.distributed import Ranks
+from causalgr.training.rundir import atomic_write
+from causalgr.training.sharding import save_sharded
+
+target, marker, kind = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
+
+def stop_here(*args, **kwargs):
+    marker.write_text("mid-write")
+    time.sleep(120)
+
+if kind == "file":
+    def write(path):
+        with open(path, "wb") as f:
+            f.write(b"new" * 1000)
+            f.flush()
+            stop_here()
+            f.write(b"rest")
+    atomic_write(target, write)
+else:
+    dcp.FileSystemWriter.finish = stop_here  # the data files are out; the metadata never comes
+    save_sharded({"model": {"w": torch.full((4, 3), 2.0)}}, target, Ranks())
+"""
+
+
+def _kill_mid_write(target: Path, kind: str, tmp_path: Path) -> None:
+    marker = tmp_path / "marker"
+    writer = subprocess.Popen([sys.executable, "-c", KILLED_WRITER, str(target), str(marker), kind], env=env(),
+                              stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not marker.is_file():
+        assert writer.poll() is None, writer.communicate()[1][-3000:]
+        assert time.monotonic() < deadline, "the writer never got going"
+        time.sleep(0.02)
+    writer.kill()
+    writer.wait(timeout=30)
+
+
+def test_a_writer_killed_mid_write_leaves_the_previous_file(tmp_path):
+    target = tmp_path / "state.pt"
+    target.write_bytes(b"old")
+    _kill_mid_write(target, "file", tmp_path)
+    assert target.read_bytes() == b"old"
+    assert (tmp_path / "state.pt.tmp").read_bytes().startswith(b"new")  # it was killed mid-write indeed
+
+
+@pytest.mark.filterwarnings("ignore:torch.distributed is disabled")  # one process, no group: meant
+def test_a_dcp_save_killed_mid_write_leaves_the_previous_checkpoint(tmp_path):
+    import torch.distributed.checkpoint as dcp
+
+    from causalgr.training.sharding import save_sharded
+
+    run = RunDir(tmp_path / "run")
+    save_sharded({"model": {"w": torch.ones(4, 3)}}, run.sharded_state(1), Ranks())
+    _kill_mid_write(run.sharded_state(2), "dcp", tmp_path)
+    # The new checkpoint never appears under its name; what was written lies in its .tmp folder.
+    assert not run.sharded_state(2).exists()
+    assert any(p.suffix == ".distcp" for p in run.sharded_state(2).with_name("epoch-0002.tmp").iterdir())
+    state = {"model": {"w": torch.zeros(4, 3)}}
+    dcp.load(state, checkpoint_id=run.sharded_state(1))
+    assert torch.equal(state["model"]["w"], torch.ones(4, 3))

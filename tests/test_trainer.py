@@ -175,3 +175,32 @@ def test_a_diverging_run_stops_with_one_line_naming_epoch_and_step(tiny_data, tm
     assert re.match(r"train: the training loss became (nan|inf) at epoch \d+, step \d+ of \d+ \(lr [^)]+\); "
                     r"try a lower learning rate, e\.g\. --set optim\.lr=2\.5e\+29$", message), message
     assert "\n" not in message and not (tmp_path / "run" / "metrics.json").exists()
+
+
+def test_the_item_tables_own_optimizer_follows_the_schedule_outside_the_clipping():
+    """`optim.item_optimizer=adagrad`: the table steps by exact Adagrad at AdamW's lr of the same
+    step, with no weight decay, and its gradient is not clipped (a sharded table's is updated in
+    the backward pass, before any norm is known)."""
+    import torch
+
+    from causalgr.training.config import OptimSection
+    from causalgr.training.step import Optimizer, adagrad_items
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Embedding(6, 3), torch.nn.Linear(3, 1))
+    optim = OptimSection(lr=0.1, warmup=0.5, grad_clip=1e-3)
+    table = model[0].weight.detach().clone()
+    accumulated = torch.zeros_like(table)
+    optimizer = Optimizer(model, optim, total_steps=4, items=adagrad_items(model[0], optim))
+    assert optimizer.clipped == list(model[1].parameters())
+    for step in range(4):
+        lr = optimizer.lr
+        assert lr == pytest.approx(0.1 * lr_factor(step, 4, 0.5, "cosine", 0.1))
+        model.zero_grad()
+        model(torch.tensor([1, 2, 2])).sum().backward()
+        gradient = model[0].weight.grad.clone()
+        optimizer.clip()
+        optimizer.step()
+        accumulated += gradient**2
+        table -= lr * gradient / (accumulated.sqrt() + optim.eps)  # Adagrad, unclipped, at this step's lr
+        assert torch.allclose(model[0].weight, table, atol=1e-7), f"step {step}"

@@ -11,6 +11,7 @@ from causalgr.models.cache import HistoryState
 from causalgr.models.config import ModelConfig
 from causalgr.models.heads import MultiTaskHead
 from causalgr.models.hstu import HSTUEncoder
+from causalgr.models.item_tables import make_item_table
 from causalgr.models.softmax import SoftmaxEncoder
 
 BACKBONES = {"hstu": HSTUEncoder, "softmax": SoftmaxEncoder}  # name → encoder class; registry.py re-exports it
@@ -22,10 +23,7 @@ class RankingModel(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config
-        self.items = nn.Embedding(config.num_items + 1, config.dim, padding_idx=0)
-        nn.init.normal_(self.items.weight, std=0.02)
-        with torch.no_grad():
-            self.items.weight[0].zero_()
+        self.items = make_item_table(config)  # items [B, N] → e(i) [B, N, D]; zeros at padding
         self.actions = ActionEncoder(len(config.tasks), config.dim, config.num_action_values, config.action_norm)
         self.input_dropout = nn.Dropout(config.dropout)
         self.register_forward_pre_hook(_check_length)
@@ -38,7 +36,7 @@ class RankingModel(nn.Module):
 
     def embed_actions(self, batch: Batch) -> torch.Tensor:
         """b(a_n) at every position, [B, N, D]. Callers must only let it reach positions > n."""
-        return self.actions(batch.labels.to(self.items.weight.dtype), batch.action_values)
+        return self.actions(batch.labels.to(self.actions.base.dtype), batch.action_values)
 
     def forward(self, batch: Batch) -> torch.Tensor:
         raise NotImplementedError
@@ -59,7 +57,7 @@ class RankingModel(nn.Module):
     def num_parameters(self, include_items: bool = True) -> int:
         """Parameter count; without the item table, the part that differs between formulations."""
         total = sum(p.numel() for p in self.parameters())
-        return total if include_items else total - self.items.weight.numel()
+        return total if include_items else total - sum(p.numel() for p in self.items.parameters())
 
 
 def _check_length(model: RankingModel, args: tuple) -> None:

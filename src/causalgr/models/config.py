@@ -38,6 +38,10 @@ class ModelConfig:
         "auto", "attention engine: auto (fastest exact one), reference (materialised masks), "
         "blocked or triton (hstu), sdpa (softmax)"
     )
+    item_table: str = _setting(
+        "dense", "the item embedding: dense (one nn.Embedding, whole on every rank) or sharded (a TorchRec "
+        "EmbeddingCollection, its rows split over the ranks; needs causalgr[distributed], docs/distributed.md)"
+    )
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "tasks", tuple(self.tasks))

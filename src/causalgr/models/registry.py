@@ -32,9 +32,12 @@ ATTENTION_ENGINES = {
     "softmax": ("auto", "reference", "sdpa"),
 }
 
+ITEM_TABLES = ("dense", "sharded")  # models/item_tables.py builds them
+
 
 def check_names(config: ModelConfig) -> None:
-    """`ValueError` naming the choices when `config` names an unknown formulation, backbone or engine."""
+    """`ValueError` naming the choices when `config` names an unknown formulation, backbone, engine or
+    item table."""
     for what, name, known in (
         ("formulation", config.formulation, tuple(FORMULATIONS)),
         ("backbone", config.backbone, tuple(BACKBONES)),
@@ -44,6 +47,8 @@ def check_names(config: ModelConfig) -> None:
     engines = ATTENTION_ENGINES[config.backbone]
     if config.attention not in engines:
         raise ValueError(f"attention must be one of {', '.join(engines)} on the {config.backbone} backbone; got {config.attention!r}")
+    if config.item_table not in ITEM_TABLES:
+        raise ValueError(f"item_table must be one of {', '.join(ITEM_TABLES)}; got {config.item_table!r}")
 
 
 def build_model(config: ModelConfig) -> RankingModel:

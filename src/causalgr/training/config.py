@@ -4,7 +4,7 @@ A config file has four sections (every key optional, unknown keys rejected)::
 
     data:  {path, batch_size, eval_batch_size}
     model: {formulation, backbone, dim, layers, heads, dropout, max_len, ...}
-    optim: {lr, weight_decay, betas, eps, grad_clip, warmup, schedule, min_lr_ratio}
+    optim: {lr, weight_decay, betas, eps, grad_clip, warmup, schedule, min_lr_ratio, item_optimizer}
     train: {epochs, patience, min_delta, seed, device, threads, task_weights, deterministic, progress,
             dist_timeout}
 
@@ -92,6 +92,11 @@ class OptimSection(_Section):
     warmup: float = Field(0.05, ge=0.0, lt=1.0, description="share of the planned steps spent warming up linearly")
     schedule: Literal["cosine", "linear", "constant"] = "cosine"
     min_lr_ratio: float = Field(0.1, ge=0.0, le=1.0, description="final lr of the decay as a share of lr")
+    item_optimizer: Literal["auto", "adamw", "adagrad"] = Field(
+        "auto", description="the item table's: adamw (with the rest) or adagrad (exact Adagrad at the same lr, "
+        "no weight decay, not clipped: what a sharded table runs, as TorchRec has no Adam on CPU); "
+        "auto = adamw for a dense table, adagrad for a sharded one"
+    )
 
 
 class TrainSection(_Section):
@@ -114,6 +119,13 @@ class TrainConfig(_Section):
     model: ModelSection = Field(default_factory=ModelSection)
     optim: OptimSection = Field(default_factory=OptimSection)
     train: TrainSection = Field(default_factory=TrainSection)
+
+    @model_validator(mode="after")
+    def _item_optimizer_fits_the_table(self) -> "TrainConfig":
+        if self.model.item_table == "sharded" and self.optim.item_optimizer == "adamw":
+            raise ValueError("optim.item_optimizer 'adamw' cannot update a sharded item table (TorchRec updates it "
+                             "in the backward pass and has no Adam on CPU); use adagrad or auto")
+        return self
 
     def model_config_for(self, data: PreparedData) -> ModelConfig:
         """The `ModelConfig` of this run on the prepared dataset `data`."""

@@ -136,14 +136,20 @@ class Ranks:
             yield loader.make_batch(mine), self.world_size * int(loader.loss_counts[mine].sum()) / positions
 
     def eval_batches(self, loader: SequenceLoader) -> Iterator[Batch]:
-        """This rank's part of each evaluation batch of `loader` (empty parts skipped)."""
+        """This rank's part of each evaluation batch of `loader`. One item per batch on every rank,
+        so that a model whose forward pass is a collective (a sharded item table) runs in step: an
+        empty part is the batch's first row with no evaluated position."""
         if not self.distributed:
             yield from loader
             return
         for rows in loader.batch_users():
             mine = self._share(loader, rows)
-            if len(mine):
-                yield loader.make_batch(mine)
+            if len(mine) == 0:
+                batch = loader.make_batch(rows[:1])
+                batch.loss_mask[:] = False
+                yield batch
+                continue
+            yield loader.make_batch(mine)
 
     def _share(self, loader: SequenceLoader, rows: np.ndarray) -> np.ndarray:
         """This rank's rows of the global batch `rows`: those it holds, or when it holds every
@@ -192,16 +198,26 @@ def is_main_process() -> bool:
 
 
 @contextmanager
-def process_group(device: torch.device, timeout_seconds: float) -> Iterator[Ranks]:
+def process_group(device: torch.device, timeout_seconds: float, alone_too: bool = False) -> Iterator[Ranks]:
     """The `Ranks` of this process for one run on `device` ("cpu" or "cuda").
 
     Under torchrun (`WORLD_SIZE` > 1 in the environment) this joins the process group — gloo on
     CPU; nccl on CUDA, with local rank r on CUDA device r — with collectives that fail after
     `timeout_seconds`, and leaves it afterwards (a group the caller set up is used and left
-    alone). Otherwise it is the single process on `device`. A rank that fails waits
+    alone). Otherwise it is the single process on `device`, in a process group of its own when
+    `alone_too` (TorchRec's sharding needs one even for one rank). A rank that fails waits
     `FAILURE_LINGER_SECONDS` before it leaves, so that the launcher names the first rank to fail.
     """
     world_size = dist.get_world_size() if dist.is_initialized() else int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size == 1 and alone_too and not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1,
+                                timeout=timedelta(seconds=timeout_seconds))
+        try:
+            yield Ranks(device=device)
+        finally:
+            dist.destroy_process_group()
+        return
     if world_size == 1:
         yield Ranks(device=device)
         return

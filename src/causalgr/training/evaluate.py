@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import torch
@@ -14,10 +15,11 @@ from causalgr.models import RankingModel, build_model
 from causalgr.training.config import TrainConfig
 from causalgr.training.distributed import Ranks
 from causalgr.training.rundir import RunDir
+from causalgr.training.sharding import load_dense
 from causalgr.training.metrics import MetricAccumulator
 
 
-@torch.inference_mode()
+@torch.no_grad()  # not inference_mode: fbgemm's CPU lookup (a sharded item table) is reached through autograd only
 def evaluate(
     model: torch.nn.Module,
     data: PreparedData,
@@ -66,11 +68,16 @@ def resolve_device(name: str) -> torch.device:
 
 
 def load_run(run: RunDir | Path | str, weights: str = "best", device: str = "auto") -> tuple[RankingModel, TrainConfig]:
-    """The model of a training run folder with its `best` or `latest` weights, and the run's config."""
+    """The model of a training run folder with its `best` or `latest` weights, and the run's config.
+    A sharded item table comes back whole, as a dense one, in this one process."""
     run = run if isinstance(run, RunDir) else RunDir(run)
     run.require_trained(weights)
-    model = build_model(run.read_model_config())
-    load_model(model, str(run.weights_file(weights)), device="cpu")
+    config = run.read_model_config()
+    model = build_model(dataclasses.replace(config, item_table="dense"))
+    if config.item_table == "sharded":
+        load_dense(model, run.weights(weights))
+    else:
+        load_model(model, str(run.weights_file(weights)), device="cpu")
     return model.to(resolve_device(device)), run.read_config()
 
 

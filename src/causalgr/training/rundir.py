@@ -7,10 +7,15 @@
     checkpoint/state.pt          weights, optimizer, scheduler, RNG states, counters (resume reads this alone)
     checkpoint/model.safetensors weights at the end of the last finished epoch
     checkpoint/best.safetensors  weights of the best validation epoch
+    checkpoint/sharded/epoch-NNNN/  a sharded item table's run (`model.item_table: sharded`) instead
+                                 of the two weight files: a DCP checkpoint of every weight and the
+                                 table optimizer's state after epoch NNNN, one for the last epoch
+                                 and one for the best; state.pt names them by its epoch counters
     curves.png                   training and validation loss per epoch
     tensorboard/                 TensorBoard event files: per-step and per-epoch curves (`progress.py`)
 
-Every file but the event files is written atomically: a temporary name, then a rename.
+Every file but the event files is written atomically: a temporary name, then a rename (a DCP
+folder as a whole).
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+import torch
 
 from causalgr.data.errors import DataError
 from causalgr.models import ModelConfig
@@ -83,6 +90,25 @@ class RunDir:
             raise ValueError(f"weights must be 'best' or 'latest', got {which!r}")
         return self.checkpoint / ("best.safetensors" if which == "best" else "model.safetensors")
 
+    @property
+    def sharded_states(self) -> Path:
+        return self.checkpoint / "sharded"
+
+    def sharded_state(self, epoch: int) -> Path:
+        """The DCP checkpoint folder of a sharded run after `epoch` (`training/sharding.py`)."""
+        return self.sharded_states / f"epoch-{epoch:04d}"
+
+    def weights(self, which: str = "best") -> Path:
+        """Where the `best` or `latest` weights are: `weights_file(which)`, or in a sharded run the
+        DCP folder of that epoch, as `state.pt` (the checkpoint's commit record) names it."""
+        file = self.weights_file(which)
+        if file.is_file() or not self.state_file.is_file():
+            return file
+        state = torch.load(self.state_file, map_location="cpu", weights_only=False)
+        if not state.get("sharded"):
+            return file
+        return self.sharded_state(state["best_epoch" if which == "best" else "epoch"])
+
     # --- state of the run -----------------------------------------------------------------------
 
     def is_started(self) -> bool:
@@ -133,7 +159,7 @@ class RunDir:
 
     def require_trained(self, weights: str = "best") -> None:
         """`DataError` unless this folder holds a run's configs and `weights`."""
-        needed = (self.config_file, self.model_file, self.weights_file(weights))
-        missing = [f.relative_to(self.path) for f in needed if not f.is_file()]
+        needed = (self.config_file, self.model_file, self.weights(weights))
+        missing = [f.relative_to(self.path) for f in needed if not f.exists()]
         if missing:
             raise DataError(f"{self.path}: not a training run (no {', '.join(map(str, missing))})")

@@ -10,7 +10,8 @@ point and continued with `resume=True` ends with the same metrics as an uninterr
 
 The same loop runs on every rank of a multi-process run (docs/design.md §7): `distributed.py`
 shares out the batches and reduces losses and metrics over the ranks, and only rank 0 writes
-the run folder.
+the run folder — but for a sharded item table (`sharding.py`), whose checkpoint every rank writes
+its part of, through `torch.distributed.checkpoint`, before rank 0 commits it in `state.pt`.
 
 Timing definitions: `train_seconds` is wall-clock time of the epochs (training steps and the
 per-epoch validation), summed over resumed sessions; `seconds_to_best` the same up to the end of
@@ -37,6 +38,7 @@ from safetensors.torch import load_model, save_model
 from causalgr.data.loader import SequenceLoader
 from causalgr.data.prepared import PreparedData, load_prepared
 from causalgr.models import build_model
+from causalgr.models.item_tables import require_torchrec
 from causalgr.errors import CausalgrError, ConfigError
 from causalgr.training.config import TrainConfig
 from causalgr.training.distributed import Ranks, process_group
@@ -44,7 +46,8 @@ from causalgr.training.evaluate import evaluate, resolve_device
 from causalgr.training.progress import TrainLog
 from causalgr.training.report import plot_run_curves
 from causalgr.training.rundir import RunDir, atomic_write
-from causalgr.training.step import Optimizer, train_step
+from causalgr.training.sharding import load_sharded, remove_other_states, save_sharded, shard_model, sharded_state
+from causalgr.training.step import Optimizer, adagrad_items, train_step
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +93,12 @@ def _torch_settings(threads: int, deterministic: bool):
 
 def config_to_run(config: TrainConfig | None, run: RunDir, resume: bool) -> TrainConfig:
     """Check `run` against `resume` and return the config to run (the saved one when resuming)."""
+    config = _config_to_run(config, run, resume)
+    require_torchrec(config.model.item_table)
+    return config
+
+
+def _config_to_run(config: TrainConfig | None, run: RunDir, resume: bool) -> TrainConfig:
     if not resume:
         if run.is_started():
             raise ConfigError(f"{run.path}: already holds a training run; pass --resume to continue it or choose a new --out")
@@ -167,7 +176,7 @@ def train(
     if data is None and config.data.path is None:
         raise ConfigError("config: data.path is required (a folder made by `causalgr data prepare` or `data synth`)")
     t = config.train
-    with process_group(resolve_device(t.device), t.dist_timeout) as ranks:
+    with process_group(resolve_device(t.device), t.dist_timeout, alone_too=config.model.item_table == "sharded") as ranks:
         if data is None:  # each rank reads its own users only
             data = load_prepared(config.data.path, share=(ranks.rank, ranks.world_size))
         unknown = sorted(set(config.train.task_weights) - set(data.tasks))
@@ -197,12 +206,21 @@ class _Run:
         _seed_everything(t.seed)
         self.model_config = config.model_config_for(data)
         self.model = build_model(self.model_config).to(self.device)
+        self.num_parameters = {"num_parameters": self.model.num_parameters(),
+                               "num_parameters_without_items": self.model.num_parameters(include_items=False)}
         if ranks.is_main:
             run.write_model_config(self.model_config)
         self.train_loader = SequenceLoader(data, "train", batch_size=config.data.batch_size, shuffle=True, seed=t.seed)
         if self.train_loader.num_events == 0:
             raise ConfigError(f"{config.data.path}: the training split has no events")
-        self.optimizer = Optimizer(self.model, config.optim, total_steps=t.epochs * len(self.train_loader))
+        # What the training steps run; the weights are self.model's (a sharded table's rows in place).
+        self.sharded = self.model_config.item_table == "sharded"
+        if self.sharded:
+            self.train_model, items = shard_model(self.model, ranks, config.optim)
+        else:
+            self.train_model = ranks.wrap(self.model)
+            items = adagrad_items(self.model.items, config.optim) if config.optim.item_optimizer == "adagrad" else None
+        self.optimizer = Optimizer(self.model, config.optim, total_steps=t.epochs * len(self.train_loader), items=items)
         self.task_weights = [t.task_weights.get(task, 1.0) for task in data.tasks]
         self.epoch = 0
         self.best_loss = math.inf
@@ -216,16 +234,16 @@ class _Run:
         self.history: list[dict] = []
         if run.state_file.is_file():
             self._load_checkpoint()
-        self.train_model = ranks.wrap(self.model)  # what the training steps run; the weights are self.model's
         self.log = TrainLog(run, ranks.is_main, t.progress, len(self.train_loader), t.epochs, resume_epoch=self.epoch)
 
     # --- checkpoints -------------------------------------------------------------------------
 
     def _state(self) -> dict:
         return {
-            # The weights again, so that state.pt alone is consistent if a kill lands between two writes.
-            "model": self.model.state_dict(),
-            **self.optimizer.state_dict(),  # "optimizer" and "scheduler"
+            # The weights again, so that state.pt alone is consistent if a kill lands between two writes;
+            # a sharded run's are in the DCP folders state.pt names by "epoch" and "best_epoch".
+            **({"sharded": True} if self.sharded else {"model": self.model.state_dict()}),
+            **self.optimizer.state_dict(),  # "optimizer" and "scheduler" (and "item_optimizer")
             "rng": _rng_state(),
             "epoch": self.epoch,
             "best_loss": self.best_loss,
@@ -239,7 +257,16 @@ class _Run:
         }
 
     def _save_checkpoint(self, improved: bool) -> None:
+        """Called on every rank. state.pt goes last: it commits the epoch."""
         run = self.run
+        if self.sharded:
+            save_sharded(sharded_state(self.train_model, self.optimizer.items), run.sharded_state(self.epoch), self.ranks)
+            if self.ranks.is_main:
+                atomic_write(run.state_file, lambda p: torch.save(self._state(), p))
+                remove_other_states(run.sharded_states, {run.sharded_state(e).name for e in (self.epoch, self.best_epoch)})
+            return
+        if not self.ranks.is_main:
+            return
         if improved:
             atomic_write(run.weights_file("best"), lambda p: save_model(self.model, str(p)))
         atomic_write(run.weights_file("latest"), lambda p: save_model(self.model, str(p)))
@@ -247,7 +274,14 @@ class _Run:
 
     def _load_checkpoint(self) -> None:
         state = torch.load(self.run.state_file, map_location="cpu", weights_only=False)
-        self.model.load_state_dict(state["model"])
+        if self.sharded:
+            saved = sharded_state(self.train_model, self.optimizer.items)
+            load_sharded(saved, self.run.sharded_state(state["epoch"]))  # in place, any number of ranks
+            # DCP has already read into the fused kernel's state (TorchRec 1.9 hands out views of
+            # it); TorchRec's documented way in, in case a later version hands out copies.
+            self.optimizer.items.load_state_dict(saved["item_optimizer"])
+        else:
+            self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state)
         _set_rng_state(state["rng"])
         for key in ("epoch", "best_loss", "best_epoch", "bad_epochs", "stopped_early", "elapsed",
@@ -331,7 +365,7 @@ class _Run:
             if self.ranks.is_main:
                 # The record goes first: a resume drops records past the checkpoint's epoch, never misses one.
                 self.run.append_history(record)
-                self._save_checkpoint(improved)
+            self._save_checkpoint(improved)
             log.info(
                 "%s epoch %d: train %.5f  valid %.5f%s  %.1f s  %.0f ev/s",
                 self.run.name, self.epoch, train_loss, valid["loss"], " *" if improved else "",
@@ -342,7 +376,10 @@ class _Run:
 
     def _finish(self) -> dict:
         self.ranks.barrier()  # rank 0 has written the best weights
-        load_model(self.model, str(self.run.weights_file("best")), device=str(self.device))
+        if self.sharded:
+            load_sharded({"model": self.train_model.state_dict()}, self.run.sharded_state(self.best_epoch))
+        else:
+            load_model(self.model, str(self.run.weights_file("best")), device=str(self.device))
         batch_size = self.config.data.eval_batch_size
         valid = evaluate(self.model, self.data, "valid", batch_size, self.device, ranks=self.ranks)
         test = evaluate(self.model, self.data, "test", batch_size, self.device, ranks=self.ranks)
@@ -361,8 +398,7 @@ class _Run:
             "train_events_per_second": self.train_events / max(self.step_seconds, 1e-9),
             "seconds_per_epoch": self.step_seconds / max(epochs_run, 1),
             "train_events_per_epoch": self.train_loader.num_events,
-            "num_parameters": self.model.num_parameters(),
-            "num_parameters_without_items": self.model.num_parameters(include_items=False),
+            **self.num_parameters,
             "device": str(self.device),
             "processes": self.ranks.world_size,
             "torch_threads": torch.get_num_threads(),
