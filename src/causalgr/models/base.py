@@ -22,7 +22,8 @@ class RankingModel(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config
-        self.items = nn.Embedding(config.num_items + 1, config.dim, padding_idx=0)
+        # Row 0 is padding; row num_items + 1, when the data has one, the trained unknown item.
+        self.items = nn.Embedding(config.num_items + 1 + config.unknown_item, config.dim, padding_idx=0)
         nn.init.normal_(self.items.weight, std=0.02)
         with torch.no_grad():
             self.items.weight[0].zero_()
