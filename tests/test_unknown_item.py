@@ -95,6 +95,7 @@ def test_serving_answers_an_unknown_id_with_the_unknown_row(trained):
                       timestamp=30)
     table = model.items.weight.detach()
     unknown = table[NUM_ITEMS + 1] if trained else table[1:].mean(0)
+    assert ranker.model.items.weight.shape[0] == NUM_ITEMS + 2  # the trained row is used, no other row added
     np.testing.assert_array_equal(ranker.model.items.weight[NUM_ITEMS + 1].numpy(), unknown.numpy())
     batch = one_row([3, 5, NUM_ITEMS + 1], [10, 20, 30])
     batch.labels[0, :2] = torch.tensor([[1, 0, 0], [0, 1, 1]])
