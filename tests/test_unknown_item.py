@@ -13,6 +13,7 @@ import torch
 
 from causalgr import Batch
 from causalgr.data.cache import cache_key
+from causalgr.data.errors import DataError
 from causalgr.data.prepared import FORMAT_VERSION, SPLITS, load_prepared
 from causalgr.data.sequences import PrepareSettings, build_sequences, prepare
 from causalgr.data.stream import prepare_stream
@@ -54,6 +55,8 @@ def test_items_with_fewer_training_events_than_the_threshold_become_one_unknown_
     at_one, ids_at_one, _ = build_sequences(make_events(rows()), PrepareSettings(unknown_below=1))
     assert ids_at_one["item_id"].to_list() == ["a", "b", "c", "d", "e"]  # only f was never in training
     assert at_one.meta["unknown_item"] == {"below": 1, "items": 1, "events": 2}
+    with pytest.raises(DataError, match="unknown_below 9: no item has that many training events, the most is 8"):
+        build_sequences(make_events(rows()), PrepareSettings(unknown_below=9))
 
 
 def test_off_by_default_the_data_and_the_cache_key_are_those_before_the_setting():

@@ -137,7 +137,7 @@ def build_sequences(
     unknown_item = None
     if settings.unknown_below:
         known = known_items(np.bincount(items[split[keep] == SPLITS["train"]], minlength=len(item_ids) + 1)[1:],
-                            settings.unknown_below)
+                            settings.unknown_below, events.source)
         unknown_item = unknown_item_meta(settings, known, int(np.count_nonzero(~known[items - 1])))
         dense = np.concatenate([[0], np.cumsum(known)])  # [I + 1]: old dense id → new, for known items
         items = np.where(known[items - 1], dense[items], int(dense[-1]) + 1)
@@ -261,10 +261,14 @@ def prepared_meta(
     }
 
 
-def known_items(train_events: np.ndarray, below: int) -> np.ndarray:
+def known_items(train_events: np.ndarray, below: int, source: str) -> np.ndarray:
     """Which items keep their own id (bool [I]) given their training-split events [I]: those with
-    at least `below`; the rest become the unknown item."""
-    return train_events >= below
+    at least `below`; the rest become the unknown item. `DataError` if none is left."""
+    known = train_events >= below
+    if not known.any():
+        raise DataError(f"{source}: unknown_below {below}: no item has that many training events, "
+                        f"the most is {int(train_events.max(initial=0))}")
+    return known
 
 
 def unknown_item_meta(settings: PrepareSettings, known: np.ndarray, events: int) -> dict:

@@ -170,7 +170,7 @@ def _write_prepared(
     known, unknown_events = None, 0
     if settings.unknown_below:
         counts = item_ids.join(train_events, on="item_id", how="left")["events"].fill_null(0).to_numpy()
-        known = known_items(counts, settings.unknown_below)
+        known = known_items(counts, settings.unknown_below, events.source)
         item_ids = item_ids.filter(pl.Series(known))
     item_ids = item_ids.with_row_index("item", offset=1)
     item_ids = item_ids.with_columns(pl.col("item").cast(pl.Int32)).select("item", "item_id")
