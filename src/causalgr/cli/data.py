@@ -61,6 +61,9 @@ def prepare_command(
     test_start: Optional[int] = typer.Option(
         None, "--test-start", help="time split: first test timestamp (default: the 0.9 quantile)"
     ),
+    unknown_below: int = typer.Option(
+        _DEFAULTS["unknown_below"], "--unknown-below", help=PrepareSettings.model_fields["unknown_below"].description
+    ),
     task: Optional[List[str]] = typer.Option(
         None,
         "--task",
@@ -92,6 +95,7 @@ def prepare_command(
             test_frac=test_frac,
             valid_start=valid_start,
             test_start=test_start,
+            unknown_below=unknown_below,
         )
     except pydantic.ValidationError as err:
         raise ConfigError(format_validation_error(err, "data prepare")) from None
@@ -185,6 +189,10 @@ def format_stats(meta: dict) -> str:
     overview.add_row("max_len", num(meta.get("max_len")))
     split = meta.get("split", {})
     overview.add_row("split", ", ".join(f"{k}={v}" for k, v in split.items()))
+    if "unknown_item" in meta:
+        unknown = meta["unknown_item"]
+        overview.add_row(f"unknown item (< {unknown['below']} training events)",
+                         f"{unknown['items']:,} items, {unknown['events']:,} events")
     if "length" in stats:
         ln = stats["length"]
         overview.add_row(

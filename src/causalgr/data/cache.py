@@ -24,7 +24,10 @@ log = logging.getLogger(__name__)
 
 def cache_key(events: EventTable, settings: PrepareSettings) -> str:
     """The key a prepared folder is reused under: what was read (source, checksum, tasks, task
-    definitions, read options), the preparation settings and the format version."""
+    definitions, read options), the preparation settings and the format version. `unknown_below`
+    enters it only when on, so that folders prepared before that setting existed keep their key
+    (they hold the same data)."""
+    off = {"unknown_below"} if not settings.unknown_below else None
     payload = json.dumps(
         {
             "source_sha256": events.sha256,
@@ -32,7 +35,7 @@ def cache_key(events: EventTable, settings: PrepareSettings) -> str:
             "tasks": list(events.tasks),
             "task_definitions": events.task_definitions,
             "read_options": events.read_options,
-            "settings": settings.model_dump(mode="json"),
+            "settings": settings.model_dump(mode="json", exclude=off),
             "format_version": FORMAT_VERSION,
         },
         sort_keys=True,

@@ -81,6 +81,11 @@ class PreparedData:
         return int(self.meta["num_items"])
 
     @property
+    def unknown_item(self) -> bool:
+        """Whether rare items were prepared as one unknown item, dense id num_items + 1 (`unknown_below`)."""
+        return "unknown_item" in self.meta
+
+    @property
     def max_len(self) -> int:
         return int(self.meta["max_len"])
 

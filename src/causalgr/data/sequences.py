@@ -11,7 +11,11 @@ steps of `build_sequences`, in order:
    (`split="time"`, users left without a training event are dropped and counted);
 5. remap ids densely *after* dropping, so the vocabulary holds exactly the kept ids: users
    1..U and items 1..I in ascending order of their original id (0 is padding); an item seen
-   only in dropped rows gets no id.
+   only in dropped rows gets no id;
+6. with `unknown_below` = k > 0, items with fewer than k training-split events lose their id:
+   every event of theirs (in every split) becomes the *unknown item*, dense id I + 1, where I
+   now counts the items that kept theirs. A model trained on it learns that row as "an item we
+   know nothing about", and serving uses it for ids it does not know (docs/serving.md).
 
 Everything is vectorised (polars sort, numpy gathers); no Python loop touches users or events.
 """
@@ -53,6 +57,10 @@ class PrepareSettings(BaseModel, extra="forbid"):
     test_frac: float = Field(0.1, ge=0.0, lt=1.0, description="user split: share of each user's events for test")
     valid_start: int | None = Field(None, description="time split: first validation timestamp (default: 0.8 quantile)")
     test_start: int | None = Field(None, description="time split: first test timestamp (default: 0.9 quantile)")
+    unknown_below: int = Field(
+        0, ge=0, description="items with fewer training-split events than this become one trained unknown item "
+        "(dense id num_items + 1), the row serving uses for ids it does not know; 0 = off"
+    )
 
     @model_validator(mode="after")
     def _check(self) -> "PrepareSettings":
@@ -125,6 +133,17 @@ def build_sequences(
     item_code = frame["_item"].to_numpy()
     item_ids, new_item = _compact_ids(frame["item_id"], item_code, keep, "item")
 
+    items = new_item[item_code[keep]]
+    unknown_item = None
+    if settings.unknown_below:
+        known = known_items(np.bincount(items[split[keep] == SPLITS["train"]], minlength=len(item_ids) + 1)[1:],
+                            settings.unknown_below, events.source)
+        unknown_item = unknown_item_meta(settings, known, int(np.count_nonzero(~known[items - 1])))
+        dense = np.concatenate([[0], np.cumsum(known)])  # [I + 1]: old dense id → new, for known items
+        items = np.where(known[items - 1], dense[items], int(dense[-1]) + 1)
+        item_ids = item_ids.filter(pl.Series(known)).with_columns(
+            pl.int_range(1, int(dense[-1]) + 1, dtype=pl.Int32).alias("item"))
+
     kept_user = new_user[user[keep]]
     offsets = np.zeros(len(user_ids) + 1, dtype=np.int64)
     np.cumsum(np.bincount(kept_user, minlength=len(user_ids) + 1)[1:], out=offsets[1:])
@@ -141,7 +160,7 @@ def build_sequences(
 
     data = PreparedData(
         offsets=offsets,
-        items=new_item[item_code[keep]].astype(np.int32),
+        items=items.astype(np.int32),
         timestamps=timestamps[keep].astype(np.int64),
         labels=labels,
         action_values=action_values,
@@ -152,6 +171,7 @@ def build_sequences(
             num_users=len(user_ids),
             num_items=len(item_ids),
             num_action_values=int(action_values.max()) + 1 if action_values is not None else 0,
+            unknown_item=unknown_item,
         ),
     )
     data.meta["stats"] = compute_stats(data)
@@ -212,8 +232,10 @@ def prepared_meta(
     num_users: int,
     num_items: int,
     num_action_values: int,
+    unknown_item: dict | None = None,
 ) -> dict:
-    """`meta.json` of a prepared dataset, less its `stats`."""
+    """`meta.json` of a prepared dataset, less its `stats`; `unknown_item` (`unknown_item_meta`)
+    only when `settings.unknown_below` is on, so that the folders prepared without it stay as they were."""
     if settings.split == "user":
         split_meta = {"kind": "user", "valid_frac": settings.valid_frac, "test_frac": settings.test_frac}
     else:
@@ -235,7 +257,23 @@ def prepared_meta(
         "source_sha256": events.sha256,
         "cache_key": cache_key(events, settings),
         "dropped": merged,
+        **({"unknown_item": unknown_item} if unknown_item is not None else {}),
     }
+
+
+def known_items(train_events: np.ndarray, below: int, source: str) -> np.ndarray:
+    """Which items keep their own id (bool [I]) given their training-split events [I]: those with
+    at least `below`; the rest become the unknown item. `DataError` if none is left."""
+    known = train_events >= below
+    if not known.any():
+        raise DataError(f"{source}: unknown_below {below}: no item has that many training events, "
+                        f"the most is {int(train_events.max(initial=0))}")
+    return known
+
+
+def unknown_item_meta(settings: PrepareSettings, known: np.ndarray, events: int) -> dict:
+    """`meta.json`'s record of step 6: the threshold, and the items and events that became the unknown item."""
+    return {"below": settings.unknown_below, "items": int(np.count_nonzero(~known)), "events": events}
 
 
 def checked_frame(frame: pl.DataFrame, source: str, tasks: tuple[str, ...], first_row: int = 0) -> pl.DataFrame:

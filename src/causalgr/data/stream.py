@@ -34,7 +34,15 @@ from causalgr.data.cache import cache_key, cached_meta
 from causalgr.data.errors import DataError
 from causalgr.data.events import EventTable
 from causalgr.data.prepared import EVENTS, SPLITS, EventsWriter, write_index
-from causalgr.data.sequences import PrepareSettings, checked_frame, prepared_meta, time_cutoffs, truncate_and_split
+from causalgr.data.sequences import (
+    PrepareSettings,
+    checked_frame,
+    known_items,
+    prepared_meta,
+    time_cutoffs,
+    truncate_and_split,
+    unknown_item_meta,
+)
 from causalgr.data.stats import StatsAccumulator
 
 log = logging.getLogger(__name__)
@@ -120,6 +128,7 @@ def _write_prepared(
     parts: list[Path] = []
     kept_users: list[pl.Series] = []
     kept_items: pl.Series | None = None
+    train_events: pl.DataFrame | None = None  # item_id, events: each kept item's training events (unknown_below)
     dropped: dict[str, int] = {}
     dropped_users: dict[str, int] = {}
     largest_value = -1
@@ -146,14 +155,26 @@ def _write_prepared(
         kept_users.append(kept["user_id"].unique(maintain_order=True))
         items = kept["item_id"].unique()
         kept_items = items if kept_items is None else pl.concat([kept_items, items]).unique()
+        if settings.unknown_below:
+            counts = kept.filter(pl.col("split") == SPLITS["train"]).group_by("item_id").len("events")
+            if train_events is not None:
+                counts = pl.concat([train_events, counts]).group_by("item_id").agg(pl.col("events").sum())
+            train_events = counts
         parts.append(tmp / f"range{len(parts):05d}.parquet")
         kept.write_parquet(parts[-1])
     if not parts:
         raise DataError(f"{events.source}: no events left after truncation and splitting ({dropped})")
 
     # Pass 3: dense ids, events.parquet, statistics.
-    item_ids = pl.DataFrame({"item_id": kept_items.sort()}).with_row_index("item", offset=1)
+    item_ids = pl.DataFrame({"item_id": kept_items.sort()})
+    known, unknown_events = None, 0
+    if settings.unknown_below:
+        counts = item_ids.join(train_events, on="item_id", how="left")["events"].fill_null(0).to_numpy()
+        known = known_items(counts, settings.unknown_below, events.source)
+        item_ids = item_ids.filter(pl.Series(known))
+    item_ids = item_ids.with_row_index("item", offset=1)
     item_ids = item_ids.with_columns(pl.col("item").cast(pl.Int32)).select("item", "item_id")
+    unknown = len(item_ids) + 1  # the dense id of every item that lost its own (unknown_below)
     all_users = pl.concat(kept_users)
     user_ids_table = pl.DataFrame(
         {"user": np.arange(1, len(all_users) + 1, dtype=np.int32), "user_id": all_users}
@@ -170,7 +191,8 @@ def _write_prepared(
             np.add.at(counts, (user - 1, kept["split"].to_numpy().astype(np.int64)), 1)
             columns = [
                 pl.Series("user", (user + first_user - 1).astype(np.int32)),
-                kept["item_id"].replace_strict(item_ids["item_id"], item_ids["item"], return_dtype=pl.Int32).alias("item"),
+                kept["item_id"].replace_strict(item_ids["item_id"], item_ids["item"], default=unknown,
+                                               return_dtype=pl.Int32).alias("item"),
                 kept["timestamp"],
                 *[kept[task].cast(pl.UInt8).alias(f"label_{task}") for task in tasks],
                 *([kept["action_value"]] if has_values else []),
@@ -178,6 +200,7 @@ def _write_prepared(
                 *([kept[f"prob_{task}"].cast(pl.Float64) for task in tasks] if has_probs else []),
             ]
             frame = pl.DataFrame(columns)
+            unknown_events += int((frame["item"] == unknown).sum())
             writer.write(frame)
             labels = np.stack([frame[f"label_{t}"].to_numpy() for t in tasks], axis=1) if tasks else np.zeros((frame.height, 0), np.uint8)
             probs = np.stack([frame[f"prob_{t}"].to_numpy() for t in tasks], axis=1) if has_probs else None
@@ -191,6 +214,7 @@ def _write_prepared(
         num_users=len(user_ids_table),
         num_items=len(item_ids),
         num_action_values=largest_value + 1 if has_values else 0,
+        unknown_item=unknown_item_meta(settings, known, unknown_events) if known is not None else None,
     )
     meta["stats"] = stats.result(np.concatenate(lengths), len(item_ids))
     meta["stats"]["dropped_users"] = dropped_users

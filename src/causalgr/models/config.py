@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
 
-DATA_FIELDS = ("num_items", "tasks", "num_action_values")  # set by the prepared data, not by a config file
+DATA_FIELDS = ("num_items", "tasks", "num_action_values", "unknown_item")  # set by the prepared data, not by a config file
 
 
 def _setting(default, help: str):
@@ -23,6 +23,8 @@ class ModelConfig:
     backbone: str = _setting("hstu", "the sequence encoder: a name in models.BACKBONES")
     num_items: int = field(metadata={"help": "dense item ids are 1..num_items; 0 is padding"})
     tasks: tuple[str, ...] = field(metadata={"help": "one binary label per task"})
+    unknown_item: bool = _setting(False, "the data has a trained unknown item, dense id num_items + 1 "
+                                  "(data prepare --unknown-below); serving uses its row for ids it does not know")
     dim: int = _setting(64, "model width")
     layers: int = _setting(2, "encoder layers")
     heads: int = _setting(2, "attention heads; must divide dim")

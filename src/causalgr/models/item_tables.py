@@ -1,4 +1,5 @@
-"""The item embedding e(i): one table of `num_items + 1` rows, row 0 the zero padding row (§1.2).
+"""The item embedding e(i): one table of `num_items + 1` rows, row 0 the zero padding row (§1.2),
+and one more, row `num_items + 1`, when the data has a trained unknown item (`unknown_item`).
 
 `model.item_table` picks its form; both map items [B, N] to [B, N, D] with the same numbers:
 
@@ -54,8 +55,8 @@ def quiet_torchrec() -> Iterator[None]:
 
 
 def initial_weights(config: ModelConfig) -> torch.Tensor:
-    """The starting table [num_items + 1, D]: normal(0, 0.02), row 0 zero."""
-    table = nn.Embedding(config.num_items + 1, config.dim, padding_idx=0)
+    """The starting table [num_items + 1 (+ 1 for the unknown item), D]: normal(0, 0.02), row 0 zero."""
+    table = nn.Embedding(config.num_items + 1 + config.unknown_item, config.dim, padding_idx=0)
     nn.init.normal_(table.weight, std=0.02)
     with torch.no_grad():
         table.weight[0].zero_()

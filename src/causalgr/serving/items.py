@@ -2,8 +2,9 @@
 
 A served model answers for every id it is given. An id the model never saw (not in the run's
 `item_ids.parquet`, or outside 1..num_items for a bare model) becomes the *unknown item*, dense
-id `num_items + 1`: one extra row of the item table holding the mean of the real items'
-embeddings. Row 0 stays padding — it is never used for a real event.
+id `num_items + 1`. A model trained on data prepared with `unknown_below` (`ModelConfig.unknown_item`)
+has that row, trained on the rare items mapped to it; any other model gets one extra row holding
+the mean of the real items' embeddings. Row 0 stays padding — it is never used for a real event.
 """
 
 from __future__ import annotations
@@ -62,9 +63,12 @@ def _listable(item: object) -> object:
 
 
 def with_unknown_item(model: RankingModel) -> RankingModel:
-    """A frozen eval-mode copy of `model` whose item table has one more row, `num_items + 1`,
-    the unknown item: the mean of rows 1..num_items. Every other weight is copied unchanged, so
-    known items get exactly the trained model's answers; `model` itself is not touched."""
+    """A frozen eval-mode copy of `model` whose item table has row `num_items + 1`, the unknown
+    item: the trained one when `model.config.unknown_item`, else a new row, the mean of rows
+    1..num_items. Every other weight is copied unchanged, so known items get exactly the trained
+    model's answers; `model` itself is not touched."""
+    if model.config.unknown_item:
+        return copy.deepcopy(model).eval().requires_grad_(False)
     weight = model.items.weight.detach()  # [num_items + 1, D], row 0 = padding
     table = nn.Embedding(weight.shape[0] + 1, weight.shape[1], padding_idx=0, device=weight.device, dtype=weight.dtype)
     with torch.no_grad():

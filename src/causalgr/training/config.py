@@ -58,11 +58,13 @@ class _ModelSettings(_Section):
         check_names(self.to_model_config(num_items=1, tasks=("task",), num_action_values=0, max_len=1))
         return self
 
-    def to_model_config(self, *, num_items: int, tasks: Sequence[str], num_action_values: int, max_len: int) -> ModelConfig:
+    def to_model_config(self, *, num_items: int, tasks: Sequence[str], num_action_values: int, max_len: int,
+                        unknown_item: bool = False) -> ModelConfig:
         """The `ModelConfig` of these settings on data with these sizes (`max_len` unless set here)."""
         settings = self.model_dump()
         settings["max_len"] = settings["max_len"] or max_len
-        return self.config_class(**settings, num_items=num_items, tasks=tuple(tasks), num_action_values=num_action_values)
+        return self.config_class(**settings, num_items=num_items, tasks=tuple(tasks), num_action_values=num_action_values,
+                                 unknown_item=unknown_item)
 
 
 def model_section(config_class: type[ModelConfig] = ModelConfig) -> type[_ModelSettings]:
@@ -130,7 +132,8 @@ class TrainConfig(_Section):
     def model_config_for(self, data: PreparedData) -> ModelConfig:
         """The `ModelConfig` of this run on the prepared dataset `data`."""
         return self.model.to_model_config(
-            num_items=data.num_items, tasks=data.tasks, num_action_values=data.num_action_values, max_len=data.max_len
+            num_items=data.num_items, tasks=data.tasks, num_action_values=data.num_action_values, max_len=data.max_len,
+            unknown_item=data.unknown_item,
         )
 
     def to_dict(self) -> dict:
