@@ -242,8 +242,10 @@ def test_a_killed_rank_stops_the_run_with_a_message_naming_it(tiny_data, tmp_pat
     assert len(workers) == 2
     os.kill(workers[-1], signal.SIGKILL)  # in the second epoch (or its validation)
     killed = time.monotonic()
-    _, stderr = launcher.communicate(timeout=60)
-    assert time.monotonic() - killed < 30, "the launcher took too long to stop"
+    _, stderr = launcher.communicate(timeout=120)
+    # Far below the 600 s the survivor would wait in a collective (train.dist_timeout): the
+    # launcher notices the dead rank and stops the other; ~26 s on a loaded 2-core machine.
+    assert time.monotonic() - killed < 60, "the launcher took too long to stop"
     assert launcher.returncode == 1
     assert "error: the run failed on a rank; the launcher stopped the others" in stderr, stderr[-3000:]
     lines = [line for line in stderr.splitlines() if f"(pid {workers[-1]}) was killed by SIGKILL" in line]
