@@ -112,6 +112,8 @@ class SequenceLoader:
         lengths = self.row_lengths[rows]  # [B]
         N = int(lengths.max())
         valid = np.arange(N)[None, :] < lengths[:, None]  # [B, N]
+        if not data.holds_all and not self.holds(rows).all():
+            raise ValueError(f"rows {rows[~self.holds(rows)].tolist()} are not in this share of the users")
         starts = data.offsets[rows - (data.first_user - 1)]  # [B]
         index = np.where(valid, starts[:, None] + np.arange(N)[None, :], 0)  # [B, N] into events
         items = np.where(valid, data.items[index], 0)

@@ -118,8 +118,8 @@ class Ranks:
         """This rank's part of each global batch of `loader`'s current epoch, with the factor
         P·n_r/M its mean loss is scaled by (module docstring). One item per global batch on
         every rank, so the ranks' steps pair up in DDP's gradient all-reduce: a rank whose share
-        is empty (a batch with fewer users than ranks) gets the batch's first row with no loss
-        position and factor 0, which adds zero gradients."""
+        is empty (a batch with fewer users than ranks, or none of the users a rank holds) gets a
+        placeholder row with no loss position and factor 0, which adds zero gradients."""
         if not self.distributed:
             for batch in loader:
                 yield batch, 1.0
@@ -127,10 +127,7 @@ class Ranks:
         for rows in loader.batch_users():
             mine = self._share(loader, rows)
             if len(mine) == 0:
-                held = rows[:1] if loader.data.holds_all else np.array([loader.data.first_user - 1])
-                batch = loader.make_batch(held)
-                batch.loss_mask[:] = False
-                yield batch, 0.0
+                yield _placeholder(loader, rows), 0.0
                 continue
             positions = int(loader.loss_counts[rows].sum())
             yield loader.make_batch(mine), self.world_size * int(loader.loss_counts[mine].sum()) / positions
@@ -138,16 +135,14 @@ class Ranks:
     def eval_batches(self, loader: SequenceLoader) -> Iterator[Batch]:
         """This rank's part of each evaluation batch of `loader`. One item per batch on every rank,
         so that a model whose forward pass is a collective (a sharded item table) runs in step: an
-        empty part is the batch's first row with no evaluated position."""
+        empty part is a placeholder row with no evaluated position."""
         if not self.distributed:
             yield from loader
             return
         for rows in loader.batch_users():
             mine = self._share(loader, rows)
             if len(mine) == 0:
-                batch = loader.make_batch(rows[:1])
-                batch.loss_mask[:] = False
-                yield batch
+                yield _placeholder(loader, rows)
                 continue
             yield loader.make_batch(mine)
 
@@ -242,3 +237,12 @@ def process_group(device: torch.device, timeout_seconds: float, alone_too: bool 
 
 
 __all__ = ["Ranks", "is_main_process", "process_group", "split_by_events"]
+
+
+def _placeholder(loader: SequenceLoader, rows: np.ndarray) -> Batch:
+    """A batch of one row this rank holds (the batch's first, or its own first user) with no loss
+    position: what a rank with an empty share runs so that its collectives pair up."""
+    held = rows[:1] if loader.data.holds_all else np.array([loader.data.first_user - 1])
+    batch = loader.make_batch(held)
+    batch.loss_mask[:] = False
+    return batch
