@@ -130,8 +130,9 @@ def served(tmp_path_factory, trained_run) -> dict:
     items = sorted(rankers["run"].items.ids)
     cases["run"] = {"package": str(package), "calls": [request(rng, n, k, items, 2, 0) for n, k in ((3, 2), (15, 9), (0, 2))]}
     torch.save(cases, root / "cases.pt")
-    subprocess.run([sys.executable, "-c", CHILD, str(root / "cases.pt"), str(root / "answers.pt")], check=True,
-                   env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
+    child = subprocess.run([sys.executable, "-c", CHILD, str(root / "cases.pt"), str(root / "answers.pt")],
+                           env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600)
+    assert child.returncode == 0, child.stderr[-2000:]
     return {"cases": cases, "rankers": rankers, **torch.load(root / "answers.pt")}
 
 

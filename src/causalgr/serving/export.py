@@ -33,6 +33,11 @@ from causalgr.serving.ranker import Ranker
 
 METADATA = "causalgr-ranker.json"  # the extra file of the .pt2 archive: `torch.export.load(path, extra_files={METADATA: ""})`
 FORMAT_VERSION = 1
+# The attention engine the program is traced with, for both backbones: the reference, whose
+# materialised masks trace to one graph for every N and K. hstu's fast kernels loop over blocks
+# whose number depends on N and K (and search its time buckets in a data-dependent loop);
+# softmax's fast engine traces, but mvp's CPU flash call in it dies of SIGFPE on an empty history.
+EXPORT_ENGINE = "reference"
 INPUTS = ("items", "timestamps", "labels", "action_values", "candidates", "timestamp")
 
 
@@ -78,7 +83,7 @@ def export_ranker(ranker: Ranker, out: Path | str, *, max_candidates: int = Limi
     (a compiled shared library: needs a C++ compiler; the same metadata inside)."""
     if ranker.max_history < 2 or max_candidates < 2:
         raise ValueError("export needs max_len >= 3 and max_candidates >= 2 (torch.export fixes sizes 0 and 1)")
-    program = RankingProgram(_reference_engine(ranker.model)).eval()
+    program = RankingProgram(_traceable(ranker.model)).eval()
     events, candidates = Dim("events", min=0, max=ranker.max_history), Dim("candidates", min=1, max=max_candidates)
     out = Path(out)
     start = time.perf_counter()
@@ -143,8 +148,8 @@ def example_inputs(ranker: Ranker, *, events: int, candidates: int) -> tuple[tor
     )
 
 
-def _reference_engine(model: RankingModel) -> RankingModel:
-    """A CPU copy of the served `model` (unknown item included) that runs the reference attention engine."""
-    reference = with_unknown_item(build_model(replace(model.config, attention="reference")))
-    reference.load_state_dict(model.state_dict())
-    return reference
+def _traceable(model: RankingModel) -> RankingModel:
+    """A CPU copy of the served `model` (unknown item included) that runs `EXPORT_ENGINE`."""
+    traceable = with_unknown_item(build_model(replace(model.config, attention=EXPORT_ENGINE)))
+    traceable.load_state_dict(model.state_dict())
+    return traceable
