@@ -169,18 +169,19 @@ def test_the_package_refuses_a_history_longer_than_the_model_saw(served):
         program(*example_inputs(ranker, events=ranker.max_history + 1, candidates=2))
 
 
-@pytest.mark.parametrize("damage", ["missing", "no weights"])
+@pytest.mark.parametrize("damage", ["missing", "no weights", "no folder for --out"])
 def test_export_refuses_a_bad_run_folder_in_one_line(trained_run, tmp_path, monkeypatch, capsys, damage):
-    target = tmp_path / "run"
+    target = trained_run if damage == "no folder for --out" else tmp_path / "run"
     if damage == "no weights":
         shutil.copytree(trained_run, target)
         (target / "checkpoint" / "best.safetensors").unlink()
-    monkeypatch.setattr(sys, "argv", ["causalgr", "export", "--run", str(target), "--out", str(tmp_path / "r.pt2")])
+    out = tmp_path / ("nowhere" if damage == "no folder for --out" else "") / "r.pt2"
+    monkeypatch.setattr(sys, "argv", ["causalgr", "export", "--run", str(target), "--out", str(out)])
     with pytest.raises(SystemExit) as exit_:
         main()
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and err.startswith("error: ") and err.count("\n") == 1, err
-    assert not (tmp_path / "r.pt2").exists()
+    assert not out.exists()
 
 
 @pytest.mark.slow

@@ -3,11 +3,10 @@
 The package holds one program, `RankingProgram`: the history's tensors, the candidates' dense
 ids and the request time → the probabilities [K, T]. It is the ranker's own one-pass path —
 `model.extend_history` once over the N events, then `model.rank_candidates` for the K
-candidates, each seeing the history and itself — traced with the *reference* attention engine:
-its materialised masks trace to one graph for every N and K, while the fast engines loop in
-Python over blocks whose number depends on N and K. Cost: the history's attention is
-materialised, O(N²) memory (O((N + K)²) for hstu's bias over history and candidates), fine at
-max_len ≤ 2048.
+candidates, each seeing the history and itself — traced with the *reference* attention engine
+(`EXPORT_ENGINE` says why), whose materialised masks trace to one graph for every N and K.
+Cost: the history's attention is materialised, O(N²) memory (O((N + K)²) for hstu's bias over
+history and candidates); fine at max_len ≤ 2048.
 
 What a caller needs besides the program travels inside the same archive, as the extra file
 `METADATA` (JSON): the task names, max_len, the original → dense item ids and the unknown item.
@@ -26,6 +25,7 @@ from torch import nn
 from torch.export import Dim
 
 from causalgr.batch import Batch
+from causalgr.errors import ConfigError
 from causalgr.models import RankingModel, build_model
 from causalgr.serving.items import with_unknown_item
 from causalgr.serving.limits import Limits
@@ -81,11 +81,14 @@ def export_ranker(ranker: Ranker, out: Path | str, *, max_candidates: int = Limi
     """Write `ranker` to `out` as a `torch.export` package (dynamic N in 0..max_len − 1 and K in
     1..`max_candidates`), with `METADATA` inside; and, with `aoti`, an AOTInductor package there
     (a compiled shared library: needs a C++ compiler; the same metadata inside)."""
+    out = Path(out)
+    for path in (out, aoti):
+        if path is not None and not Path(path).parent.is_dir():
+            raise ConfigError(f"{path}: the folder {Path(path).parent} does not exist")
     if ranker.max_history < 2 or max_candidates < 2:
-        raise ValueError("export needs max_len >= 3 and max_candidates >= 2 (torch.export fixes sizes 0 and 1)")
+        raise ConfigError("export needs max_len >= 3 and max_candidates >= 2 (torch.export fixes sizes 0 and 1)")
     program = RankingProgram(_traceable(ranker.model)).eval()
     events, candidates = Dim("events", min=0, max=ranker.max_history), Dim("candidates", min=1, max=max_candidates)
-    out = Path(out)
     start = time.perf_counter()
     with torch.no_grad():
         exported = torch.export.export(
