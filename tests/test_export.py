@@ -75,13 +75,13 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def request(rng: np.random.Generator, events: int, candidates: int, items: list, tasks: int, values: int) -> dict:
     """A ranker call: random known items, one unknown id among the history and the candidates."""
     unknown = ["unseen"] if isinstance(items[0], str) else [0, NUM_ITEMS + 5]
-    history = [*rng.choice(items, events - 1), unknown[0]] if events else []
+    history = [*rng.choice(items, events - 1).tolist(), unknown[0]] if events else []
     return dict(
-        items=[i.item() if hasattr(i, "item") else i for i in history],
+        items=history,
         timestamps=np.cumsum(rng.integers(0, 50_000, events)).tolist(),
         labels=rng.integers(0, 2, (events, tasks)).tolist(),
         action_values=rng.integers(0, max(values, 1), events).tolist(),
-        candidates=[i.item() if hasattr(i, "item") else i for i in [*rng.choice(items, candidates - 1), unknown[-1]]],
+        candidates=[*rng.choice(items, candidates - 1).tolist(), unknown[-1]],
         timestamp=10**7,
     )
 
