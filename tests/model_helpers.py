@@ -21,6 +21,7 @@ def make_model(
     attention: str = "auto",
     seed: int = 0,
     num_action_values: int = NUM_VALUES,
+    layers: int = 2,
     **overrides,
 ):
     """A small untrained model in eval mode whose every input visibly reaches its logits.
@@ -38,7 +39,7 @@ def make_model(
         num_items=NUM_ITEMS,
         tasks=tuple(f"task{t}" for t in range(num_tasks)),
         dim=16,
-        layers=2,
+        layers=layers,
         heads=2,
         max_len=32,
         num_action_values=num_action_values,

@@ -11,6 +11,7 @@ import typer
 
 from causalgr.cli.bench import bench_command
 from causalgr.cli.data import app as data_app
+from causalgr.cli.export import register as register_export
 from causalgr.cli.loadtest import register as register_loadtest
 from causalgr.cli.serve import register as register_serving
 from causalgr.cli.train import register as register_training
@@ -20,6 +21,7 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 app.add_typer(data_app, name="data", help="Fetch, prepare, generate and describe datasets.")
 register_training(app)
 register_serving(app)
+register_export(app)
 register_loadtest(app)
 app.command("bench")(bench_command)
 

@@ -49,9 +49,10 @@ class RankingModel(nn.Module):
         before those of `state`) to `state` (None: an empty history). `state` is left as it was."""
         raise NotImplementedError
 
-    def rank_candidates(self, state: HistoryState, candidates: torch.Tensor, timestamp: int) -> torch.Tensor:
+    def rank_candidates(self, state: HistoryState, candidates: torch.Tensor, timestamp: int | torch.Tensor) -> torch.Tensor:
         """Logits [K, T]: row k is forward's at position N of history + (candidates[k], timestamp),
-        where candidates [K] are dense item ids. Candidates never see each other."""
+        where candidates [K] are dense item ids and `timestamp` an int or a 0-d long tensor
+        (`causalgr.serving.export` traces it as an input). Candidates never see each other."""
         raise NotImplementedError
 
     def num_parameters(self, include_items: bool = True) -> int:

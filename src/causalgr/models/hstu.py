@@ -141,10 +141,11 @@ class HSTUEncoder(nn.Module):
             layers.append(layer_cache)
         return self.norm(x), EncoderCache(tuple(layers), times)
 
-    def targets(self, x: torch.Tensor, timestamp: int, cache: EncoderCache) -> torch.Tensor:
+    def targets(self, x: torch.Tensor, timestamp: int | torch.Tensor, cache: EncoderCache) -> torch.Tensor:
         """Serving: K target tokens x [1, K, D] at position L and time `timestamp` → their states
         [1, K, D]. Each sees the L cached tokens and itself, never another target."""
-        bias = self.bias(F.pad(cache.timestamps, (0, 1), value=timestamp))  # [1, L + 1]: the targets' time last
+        when = torch.as_tensor(timestamp, device=x.device).view(1, 1)  # an int, or a 0-d tensor under torch.export
+        bias = self.bias(torch.cat([cache.timestamps, when], dim=1))  # [1, L + 1]: the targets' time last
         for layer, layer_cache in zip(self.layers, cache.layers):
             x = layer.targets(x, bias, layer_cache)
         return self.norm(x)

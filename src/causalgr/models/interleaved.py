@@ -41,6 +41,6 @@ class Interleaved(RankingModel):
         _, encoder = self.encoder.extend(tokens, times, state and state.encoder)  # [1, 2(N + M)] tokens cached
         return HistoryState(encoder)
 
-    def rank_candidates(self, state: HistoryState, candidates: torch.Tensor, timestamp: int) -> torch.Tensor:
+    def rank_candidates(self, state: HistoryState, candidates: torch.Tensor, timestamp: int | torch.Tensor) -> torch.Tensor:
         states = self.encoder.targets(self.items(candidates)[None], timestamp, state.encoder)  # [1, K, D]
         return self.head(states[0])  # [K, T]

@@ -40,6 +40,6 @@ class Lagged(RankingModel):
         _, encoder = self.encoder.extend(tokens, events.timestamps, state and state.encoder)
         return HistoryState(encoder, last_action=actions[:, -1:].clone())  # not a view: the cache counts D floats
 
-    def rank_candidates(self, state: HistoryState, candidates: torch.Tensor, timestamp: int) -> torch.Tensor:
+    def rank_candidates(self, state: HistoryState, candidates: torch.Tensor, timestamp: int | torch.Tensor) -> torch.Tensor:
         tokens = self.items(candidates)[None] + state.last_action  # e(c) + b(a_N), [1, K, D]
         return self.head(self.encoder.targets(tokens, timestamp, state.encoder)[0])  # [K, T]

@@ -37,7 +37,7 @@ class LateFusion(RankingModel):
         pooling = self.pooling.extend(state and state.pooling, h, self.embed_actions(events))
         return HistoryState(encoder, pooling)
 
-    def rank_candidates(self, state: HistoryState, candidates: torch.Tensor, timestamp: int) -> torch.Tensor:
+    def rank_candidates(self, state: HistoryState, candidates: torch.Tensor, timestamp: int | torch.Tensor) -> torch.Tensor:
         h = self.encoder.targets(self.items(candidates)[None], timestamp, state.encoder)  # [1, K, D]
         pooled = self.pooling.targets(h, state.pooling)  # [1, K, D], every history action
         return self.head(torch.cat([h, pooled], dim=-1)[0])  # [K, T]

@@ -45,7 +45,7 @@ class MixedValuePooling(RankingModel):
         pooling = None if self.pooling is None else self.pooling.extend(state and state.pooling, h, actions)
         return HistoryState(encoder, pooling)
 
-    def rank_candidates(self, state: HistoryState, candidates: torch.Tensor, timestamp: int) -> torch.Tensor:
+    def rank_candidates(self, state: HistoryState, candidates: torch.Tensor, timestamp: int | torch.Tensor) -> torch.Tensor:
         h = self.encoder.targets(self.items(candidates)[None], timestamp, state.encoder)  # [1, K, D]
         if self.pooling is None:
             return self.head(h[0])  # [K, T]

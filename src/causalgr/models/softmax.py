@@ -121,10 +121,10 @@ class SoftmaxEncoder(nn.Module):
             layers.append(layer_cache)
         return self.norm(x), EncoderCache(tuple(layers), torch.cat([cache.timestamps, timestamps], dim=1))
 
-    def targets(self, x: torch.Tensor, timestamp: int, cache: EncoderCache) -> torch.Tensor:
+    def targets(self, x: torch.Tensor, timestamp: int | torch.Tensor, cache: EncoderCache) -> torch.Tensor:
         """Serving: K target tokens x [1, K, D] at position L and time `timestamp` → their states
         [1, K, D]. Each sees the L cached tokens and itself, never another target."""
-        when = torch.tensor([[timestamp]], device=x.device)
+        when = torch.as_tensor(timestamp, device=x.device).view(1, 1)  # an int, or a 0-d tensor under torch.export
         x = x + self.where_and_when(when, cache.timestamps)  # position L, gap to the last history token
         for layer, layer_cache in zip(self.layers, cache.layers):
             x = layer.targets(x, layer_cache)
@@ -135,8 +135,11 @@ class SoftmaxEncoder(nn.Module):
         """Position and time-gap embedding of each token, [B, L, D] from timestamps [B, L]; with
         `past` [B, P], the tokens come after P earlier ones (positions from P, gap from the last)."""
         start, L = 0 if past is None else past.shape[1], timestamps.shape[1]
-        before = timestamps[:, :1] if start == 0 else past[:, -1:]  # gap 0 at the very first token
-        previous = torch.cat([before, timestamps[:, :-1]], dim=1)
+        # t_{n-1} for each token; the very first token of a history is its own previous (gap 0).
+        # Written without a branch on P or a slice before the cat, so torch.export traces one
+        # graph for every P ≥ 0 and L ≥ 1 (causalgr.serving.export).
+        before = timestamps[:, :1] if past is None else torch.cat([timestamps[:, :1], past], dim=1)[:, -1:]
+        previous = torch.cat([before, timestamps], dim=1)[:, :-1]  # [B, L]
         gaps = timestamps - previous  # [B, L]
         positions = self.position(torch.arange(start, start + L, device=timestamps.device))  # [L, D]
         return positions + self.time_gap(log_bucket(gaps, self.time_buckets))

@@ -42,6 +42,6 @@ class Summed(RankingModel):
         _, encoder = self.encoder.extend(history, events.timestamps, state and state.encoder)
         return HistoryState(encoder)
 
-    def rank_candidates(self, state: HistoryState, candidates: torch.Tensor, timestamp: int) -> torch.Tensor:
+    def rank_candidates(self, state: HistoryState, candidates: torch.Tensor, timestamp: int | torch.Tensor) -> torch.Tensor:
         targets = self.items(candidates)[None] + self.placeholder  # e(c) + b_∅, [1, K, D]
         return self.head(self.encoder.targets(targets, timestamp, state.encoder)[0])  # [K, T]
