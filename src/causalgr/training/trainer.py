@@ -22,6 +22,7 @@ optimizer; validation excluded); `seconds_per_epoch` the mean seconds of one tra
 
 from __future__ import annotations
 
+import gc
 import logging
 import math
 import os
@@ -190,7 +191,7 @@ def train(
             try:
                 return session.fit(stop_after_epochs)
             finally:
-                session.log.close()
+                session.close()  # inside the process group: see `_Run.close`
 
 
 class _Run:
@@ -235,6 +236,15 @@ class _Run:
         if run.state_file.is_file():
             self._load_checkpoint()
         self.log = TrainLog(run, ranks.is_main, t.progress, len(self.train_loader), t.epochs, resume_epoch=self.epoch)
+
+    def close(self) -> None:
+        """Close the event files and free the DDP (or DMP) wrapper while the process group still
+        exists. Freed later, its gradient reducer would hold the last reference to the gloo group
+        and destroy it while holding the GIL, joining a gloo thread that waits for the GIL: a hang
+        seen at the end of a 2-process run."""
+        self.log.close()
+        self.train_model = None
+        gc.collect()  # DDP's hooks form reference cycles: free them now, not at some later collection
 
     # --- checkpoints -------------------------------------------------------------------------
 
