@@ -12,11 +12,10 @@ call, one torch thread, CPU. The ratio bounds what stacking could gain on the hi
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
 
+from bench_serving import median_seconds  # scripts/ is on the path when this runs as a script
 from causalgr import Batch, ModelConfig, build_model
 
 
@@ -27,16 +26,6 @@ def rows(count: int, length: int, num_items: int) -> Batch:
                  action_values=torch.zeros(count, length, dtype=torch.long),
                  timestamps=torch.cumsum(torch.randint(0, 100, (count, length), generator=gen), 1),
                  lengths=torch.full((count,), length))
-
-
-def median_seconds(call, repeats: int) -> float:
-    call()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main() -> None:
