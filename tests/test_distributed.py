@@ -76,6 +76,15 @@ def assert_close(a: float, b: float, what: str) -> None:
     assert a == pytest.approx(b, rel=REL, abs=REL), f"{what}: {a} vs {b}"
 
 
+def assert_resumed_like_one_process(run_dir: Path, result: dict, one_process: tuple[Path, dict]) -> None:
+    """A resumed run's training losses per epoch and final metrics equal the one-process run's."""
+    reference_dir, reference = one_process
+    for a, b in zip(records(run_dir), records(reference_dir)):
+        assert_close(a["train_loss"], b["train_loss"], f"epoch {a['epoch']} train loss")
+    for split in ("valid", "test"):
+        assert_same_metrics(result[split], reference[split], f"resumed {split}")
+
+
 def assert_same_metrics(mine: dict, reference: dict, what: str) -> None:
     assert mine["events"] == reference["events"], what
     assert_close(mine["loss"], reference["loss"], f"{what} loss")
@@ -200,11 +209,7 @@ def test_a_two_process_run_resumes_on_two_processes_exactly_and_on_one(tiny_data
     # On one process: the checkpoint holds the unwrapped model, and the batches do not depend on P.
     result = train(None, tmp_path / "one", resume=True).metrics
     assert (result["epochs_run"], result["processes"]) == (EPOCHS, 1)
-    reference_dir, reference = one_process
-    for a, b in zip(records(tmp_path / "one"), records(reference_dir)):
-        assert_close(a["train_loss"], b["train_loss"], f"epoch {a['epoch']} train loss")
-    for split in ("valid", "test"):
-        assert_same_metrics(result[split], reference[split], f"resumed {split}")
+    assert_resumed_like_one_process(tmp_path / "one", result, one_process)
 
 
 def _children(pid: int) -> list[int]:
@@ -274,11 +279,7 @@ def test_a_one_process_run_resumes_on_two_processes(tiny_data, one_process, tmp_
     assert (stopped.finished, stopped.epoch) == (False, 1)
     result = launch(2, None, tmp_path / "run", resume=True).metrics
     assert (result["epochs_run"], result["processes"]) == (EPOCHS, 2)
-    reference_dir, reference = one_process
-    for a, b in zip(records(tmp_path / "run"), records(reference_dir)):
-        assert_close(a["train_loss"], b["train_loss"], f"epoch {a['epoch']} train loss")
-    for split in ("valid", "test"):
-        assert_same_metrics(result[split], reference[split], f"resumed {split}")
+    assert_resumed_like_one_process(tmp_path / "run", result, one_process)
 
 
 def test_a_sharded_table_without_torchrec_is_a_one_line_config_error(tiny_data, monkeypatch, tmp_path):

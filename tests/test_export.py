@@ -25,13 +25,10 @@ import pytest
 import torch
 
 from causalgr.cli import main
-from causalgr.data.sequences import PrepareSettings, prepare
-from causalgr.data.synth import SynthSettings, generate
 from causalgr.models import BACKBONES, FORMULATIONS
 from causalgr.serving import Ranker
 from causalgr.serving.export import METADATA, example_inputs, export_ranker
-from causalgr.training.config import load_config
-from causalgr.training.trainer import train
+from data_helpers import tiny_lfa_run
 from model_helpers import NUM_ITEMS, NUM_VALUES, make_model
 
 ATOL = 1e-5
@@ -94,14 +91,7 @@ def expected(ranker: Ranker, call: dict) -> np.ndarray:
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory) -> Path:
     """A one-epoch lfa run on tiny synthetic data (original ids are the generator's ints)."""
-    root = tmp_path_factory.mktemp("export-run")
-    events = generate(SynthSettings(users=30, items=20, clusters=2, events_mean=12, events_min=8, events_max=16,
-                                    tasks=("click", "like"), seed=3))
-    prepare(events, root / "data", PrepareSettings(max_len=16))
-    config = load_config(None, [f"data.path={root / 'data'}", "model.formulation=lfa", "model.dim=8", "model.layers=1",
-                                "train.epochs=1", "data.batch_size=20", "train.progress=false", "train.threads=1"])
-    train(config, root / "run")
-    return root / "run"
+    return tiny_lfa_run(tmp_path_factory.mktemp("export-run"))
 
 
 @pytest.fixture(scope="module")

@@ -19,16 +19,13 @@ import pytest
 
 import causalgr
 from causalgr.cli import main
-from causalgr.data.sequences import PrepareSettings, prepare
-from causalgr.data.synth import SynthSettings, generate
 from causalgr.errors import ConfigError
 from causalgr.serving import Ranker
 from causalgr.serving.http import create_app
 from causalgr.serving.limits import Limits
 from causalgr.serving.loadtest import LoadTest, run_loadtest
-from causalgr.training.config import load_config
 from causalgr.training.evaluate import load_run
-from causalgr.training.trainer import train
+from data_helpers import tiny_lfa_run
 from model_helpers import make_model
 
 TASKS = ("click", "like")
@@ -41,14 +38,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> Path:
     """A one-epoch lfa run on tiny synthetic data (its item ids are the generator's ints)."""
-    root = tmp_path_factory.mktemp("serving")
-    events = generate(SynthSettings(users=30, items=20, clusters=2, events_mean=12, events_min=8, events_max=16,
-                                    tasks=TASKS, seed=3))
-    prepare(events, root / "data", PrepareSettings(max_len=16))
-    config = load_config(None, [f"data.path={root / 'data'}", "model.formulation=lfa", "model.dim=8", "model.layers=1",
-                                "train.epochs=1", "data.batch_size=20", "train.progress=false", "train.threads=1"])
-    train(config, root / "run")
-    return root / "run"
+    return tiny_lfa_run(tmp_path_factory.mktemp("serving"))
 
 
 @pytest.fixture(scope="module")
