@@ -15,6 +15,7 @@ from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from causalgr.models.attention import (
+    relative_bias,
     pointwise_attention,
     softmax_attention,
     target_aware_pointwise_attention,
@@ -39,7 +40,7 @@ def make_inputs(B, H, L, d, seed, dtype=torch.float64, device="cpu"):
         torch.cumsum(gaps, dim=1),
     )
     move = lambda t: t.to(device).requires_grad_(t.is_floating_point())  # noqa: E731
-    return [move(t) for t in (q, k, v, u)], BiasTables(*(move(t) for t in tables))
+    return [move(t) for t in (q, k, v, u)], BiasTables(*(move(t) for t in tables[:3]))
 
 
 def run(variant, q, k, v, u, tables, **kwargs):
@@ -78,6 +79,31 @@ def assert_matches_reference(variant, leaves, tables, atol, **kwargs):
 def test_blocked_equals_reference(shape, block, variant, seed):
     leaves, tables = make_inputs(*shape, seed)
     assert_matches_reference(variant, leaves, tables, atol=1e-10, engine="blocked", block=block)
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    shape=st.tuples(st.integers(1, 2), st.integers(1, 3), st.integers(1, 50), st.sampled_from([4, 8])),
+    block=st.sampled_from([1, 7, 16, None]),
+    variant=st.sampled_from(VARIANTS),
+    seed=st.integers(0, 1000),
+)
+def test_serving_block_memo_equals_reference(shape, block, variant, seed):
+    """Serving's path (tables with a `blocks` memo: each block's bias made once, forward only) equals
+    the reference, and a second layer's call with the same memo (reusing every block) equals it too."""
+    (q, k, v, u), tables = make_inputs(*shape, seed)
+    q, k, v, u = (t.detach() for t in (q, k, v, u))
+    tables = BiasTables(*(t.detach() for t in tables[:3]), blocks={})
+    want = reference(variant, q, k, v, u, tables)
+    first = run(variant, q, k, v, u, tables, engine="blocked", block=block)
+    made = {key: bias for key, bias in tables.blocks.items() if key != "sums"}
+    assert made, "the serving path made no block bias"
+    for (start, stop, keys), bias in made.items():  # bit for bit the reference's rab of the block
+        assert torch.equal(bias, relative_bias(tables)[:, :, start:stop, :keys])
+    second = run(variant, q.flip(-1), k, v, u, tables, engine="blocked", block=block)  # the next layer's queries
+    assert tables.blocks.keys() == made.keys() | {"sums"} and all(tables.blocks[key] is made[key] for key in made)
+    torch.testing.assert_close(first, want, atol=1e-10, rtol=1e-10)
+    torch.testing.assert_close(second, reference(variant, q.flip(-1), k, v, u, tables), atol=1e-10, rtol=1e-10)
 
 
 def test_bucket_edges_reproduce_log_bucket():
@@ -265,7 +291,7 @@ def test_triton_long_sequence_backward_on_cuda(variant):
     engine in float64, each to 1e-4 of its largest entry (float32 sums of up to ~10⁶ terms, in any order)."""
     leaves, tables = make_inputs(2, 2, 1000, 32, seed=6, dtype=torch.float32, device="cuda")
     leaves64 = [t.detach().double().requires_grad_() for t in leaves]
-    tables64 = BiasTables(*(t.detach().double().requires_grad_() if t.is_floating_point() else t for t in tables))
+    tables64 = BiasTables(*(t.detach().double().requires_grad_() if t.is_floating_point() else t for t in tables[:3]))
 
     def used(leaves, tables):  # as in assert_matches_reference: u only where the variant uses it
         return [*leaves[:3], tables.position, tables.time] + ([leaves[3]] if variant == "mvp" else [])

@@ -134,7 +134,7 @@ class HSTUEncoder(nn.Module):
         if x.shape[1] == 0:
             return self.norm(x), cache
         times = torch.cat([cache.timestamps, timestamps], dim=1)  # [1, L + M]
-        bias = self.bias(times)
+        bias = self.bias(times)._replace(blocks={})  # each block's bias made once, for every layer
         layers = []
         for layer, layer_cache in zip(self.layers, cache.layers):
             x, layer_cache = layer.extend(x, bias, layer_cache, actions)
@@ -145,7 +145,7 @@ class HSTUEncoder(nn.Module):
         """Serving: K target tokens x [1, K, D] at position L and time `timestamp` → their states
         [1, K, D]. Each sees the L cached tokens and itself, never another target."""
         when = torch.as_tensor(timestamp, device=x.device).view(1, 1)  # an int, or a 0-d tensor under torch.export
-        bias = self.bias(torch.cat([cache.timestamps, when], dim=1))  # [1, L + 1]: the targets' time last
+        bias = self.bias(torch.cat([cache.timestamps, when], dim=1))._replace(blocks={})  # [1, L + 1]: the targets' time last
         for layer, layer_cache in zip(self.layers, cache.layers):
             x = layer.targets(x, bias, layer_cache)
         return self.norm(x)

@@ -3,6 +3,11 @@
 rab[b, h, n, j] = position[min(n − j, P − 1), h] + time[bucket(t_n − t_j), h]. The full
 [B, H, L, L] tensor is what the reference materialises (`attention.relative_bias`); the fast
 paths only ever build the [B, H, rows, keys] slab of the query block they are working on.
+
+Training adds a block's bias into its scores head by head (`add_block_bias`), as it goes: no
+second slab. Serving (forward only, one user) gives the tables a `blocks` dict: each block's
+bias is then made once per call (`block_bias`) and every layer adds the same tensor — the
+layers share one `RelativeBias`, so the bias does not change between them.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ class BiasTables(NamedTuple):
     position: torch.Tensor  # [P, H] bias per distance n − j (clamped to P − 1)
     time: torch.Tensor  # [Tb, H] bias per log-bucketed time gap t_n − t_j
     timestamps: torch.Tensor  # [B, L] long, seconds
+    blocks: dict | None = None  # serving: (start, stop, keys) → that block's bias, shared by the layers (`block_bias`)
 
 
 @functools.lru_cache(maxsize=None)
@@ -59,6 +65,24 @@ def add_block_bias(scores: torch.Tensor, tables: BiasTables, distance: torch.Ten
     for h in range(scores.shape[1]):
         scores[:, h] += tables.position[:, h][distance]  # [rows, keys], broadcast over B
         scores[:, h] += tables.time[:, h][bucket]  # [B, rows, keys]
+
+
+def block_bias(tables: BiasTables, start: int, stop: int, keys: int) -> torch.Tensor:
+    """rab of queries [start, stop) × keys [0, keys), materialised: [B, H, rows, keys] (a view, not
+    contiguous). Made once per call and block when `tables.blocks` is a dict (serving), else each time.
+
+    One gather per block from a table of every position + time sum (P·Tb rows, made once per
+    call), equal bit for bit to the reference's position[distance] + time[bucket].
+    """
+    memo = tables.blocks if tables.blocks is not None else {}
+    (P, H), buckets = tables.position.shape, tables.time.shape[0]
+    if "sums" not in memo:
+        memo["sums"] = (tables.position[:, None] + tables.time[None]).view(P * buckets, H).t()  # [H, P·Tb]
+    if (start, stop, keys) not in memo:
+        distance = distances(start, stop, keys, P, tables.timestamps.device)  # [rows, keys]
+        bucket = time_buckets(tables.timestamps, start, stop, keys, buckets)  # [B, rows, keys]
+        memo[(start, stop, keys)] = memo["sums"][:, distance * buckets + bucket].transpose(0, 1)  # [B, H, rows, keys]
+    return memo[(start, stop, keys)]
 
 
 def bias_table_grads(

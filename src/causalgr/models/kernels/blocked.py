@@ -10,7 +10,8 @@ and the bias tables instead of storing them, so training memory stays linear in 
 
 Serving adds two forward-only shapes: the queries may be the last Lq of the L positions (new
 events continuing a cached history), and `blocked_after_forward` runs K target queries that
-all sit at position L, after every key (the ranker's candidates).
+all sit at position L, after every key (the ranker's candidates). Serving's tables carry a
+`blocks` memo (`bias.block_bias`): each block's bias is made once per call, for every layer.
 """
 
 from __future__ import annotations
@@ -20,10 +21,18 @@ import math
 import torch
 import torch.nn.functional as F
 
-from causalgr.models.kernels.bias import BiasTables, add_block_bias, bias_table_grads, distances, time_buckets
+from causalgr.models.kernels.bias import (
+    BiasTables,
+    add_block_bias,
+    bias_table_grads,
+    block_bias,
+    distances,
+    time_buckets,
+)
 
 SLAB_ELEMENTS = 2**21  # 8 MB of float32 scores per block
 MIN_ROWS = 16
+SERVING_ROWS = 128  # serving (one user): small blocks skip most of the masked upper triangle
 
 
 def _allowed_over_count(start: int, stop: int, strict: bool, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -35,11 +44,14 @@ def _allowed_over_count(start: int, stop: int, strict: bool, dtype: torch.dtype,
 
 
 def _scores(q_block: torch.Tensor, k: torch.Tensor, tables: BiasTables, start: int, stop: int):
-    """Scores of queries [start, stop) against keys [0, stop), [B, H, rows, stop], and the bias indices."""
-    distance = distances(start, stop, stop, tables.position.shape[0], q_block.device)
-    bucket = time_buckets(tables.timestamps, start, stop, stop, tables.time.shape[0])
+    """Scores of queries [start, stop) against keys [0, stop), [B, H, rows, stop], and the bias indices
+    (None when serving: the block's bias then comes made, from `tables.blocks`)."""
     scores = q_block @ k[:, :, :stop].transpose(-2, -1)  # [B, H, rows, stop]
     scores.mul_(1.0 / math.sqrt(q_block.shape[-1]))
+    if tables.blocks is not None:
+        return scores.add_(block_bias(tables, start, stop, stop)), None, None
+    distance = distances(start, stop, stop, tables.position.shape[0], q_block.device)
+    bucket = time_buckets(tables.timestamps, start, stop, stop, tables.time.shape[0])
     add_block_bias(scores, tables, distance, bucket)
     return scores, distance, bucket
 
@@ -88,13 +100,12 @@ def blocked_after_forward(
     """
     K, L = q.shape[-2], k.shape[-2]
     block = block_rows(q, block, L)
-    distance = distances(L, L + 1, L, tables.position.shape[0], q.device)  # [1, L]
-    bucket = time_buckets(tables.timestamps, L, L + 1, L, tables.time.shape[0])  # [B, 1, L]
+    bias = block_bias(tables, L, L + 1, L)  # [B, H, 1, L]: the one row every target shares
     out = x.new_empty(*q.shape[:-1], x.shape[-1])
     for start in range(0, K, block):
         stop = min(start + block, K)
         scores = (q[:, :, start:stop] @ k.transpose(-2, -1)).mul_(1.0 / math.sqrt(q.shape[-1]))  # [B, H, rows, L]
-        add_block_bias(scores, tables, distance, bucket)  # the one row, broadcast over the targets
+        scores.add_(bias)
         out[:, :, start:stop] = F.silu(scores, inplace=True).div_(L + 1) @ x
         del scores
     return out

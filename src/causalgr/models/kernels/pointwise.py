@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from causalgr.models.kernels.bias import BiasTables
-from causalgr.models.kernels.blocked import blocked_backward, blocked_forward
+from causalgr.models.kernels.blocked import SERVING_ROWS, blocked_backward, blocked_forward
 
 
 def triton_available() -> bool:
@@ -74,13 +74,14 @@ def fast_pointwise_attention(
 ) -> torch.Tensor:
     """HSTU attention [B, H, Lq, dh] without an [L, L] tensor: Σ_{j≤n} A_nj v_j (j < n with `strict`),
     and with mvp's action values u also Σ_{j<n} A_nj u_j. q may hold only the last Lq < L positions
-    (serving continuing a cached history): that runs blocked on any device, forward only."""
+    (serving continuing a cached history): that runs blocked on any device, forward only, as does
+    serving's cold history on the CPU (tables with a `blocks` memo)."""
     engine = engine or default_engine(q.device)
     if engine not in ("triton", "blocked"):
         raise ValueError(f"engine must be 'triton' or 'blocked', got {engine!r}")
     if strict and u is not None:
         raise ValueError("mvp mixing (u) uses the inclusive mask for v; strict does not apply")
-    if q.shape[-2] < k.shape[-2]:
+    if q.shape[-2] < k.shape[-2] or (tables.blocks is not None and engine == "blocked"):  # serving: forward only
         x, y = (v, None) if u is None else (v + u, u[:, :, k.shape[-2] - q.shape[-2] :])
-        return blocked_forward(q, k, x, y, tables, strict, block)
+        return blocked_forward(q, k, x, y, tables, strict, block or SERVING_ROWS)
     return _PointwiseAttention.apply(q, k, v, u, tables.position, tables.time, tables.timestamps, strict, engine, block)
