@@ -66,18 +66,7 @@ def create_app(ranker: Ranker, limits: Limits = Limits()) -> FastAPI:
     app = FastAPI(title="causalgr ranker", version="1")
     metrics = ServerMetrics(ranker)
     app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes)
-
-    @app.middleware("http")
-    async def measure(request: Request, call_next):
-        start = time.perf_counter()
-        status = 500
-        try:
-            response = await call_next(request)
-            status = response.status_code
-            return response
-        finally:
-            route = request.scope.get("route")
-            metrics.observe(route.path if route is not None else "unmatched", status, time.perf_counter() - start)
+    app.add_middleware(Measured, metrics=metrics)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, err: RequestValidationError) -> JSONResponse:
@@ -106,7 +95,7 @@ def create_app(ranker: Ranker, limits: Limits = Limits()) -> FastAPI:
         return Response(metrics.render(), media_type=metrics.content_type)
 
     @app.post("/v1/rank")
-    async def rank(body: RankRequest) -> dict:
+    async def rank(body: RankRequest) -> JSONResponse:
         _check_count(["body", "candidates"], len(body.candidates), limits.max_candidates, "candidates")
         _check_count(["body", "history"], len(body.history), limits.max_history_events, "history events")
         try:
@@ -117,10 +106,10 @@ def create_app(ranker: Ranker, limits: Limits = Limits()) -> FastAPI:
         except InvalidInput as err:
             raise _unprocessable(_location(err, "history"), err.message) from None
         rows = result.probabilities.tolist()
-        return {
+        return JSONResponse({  # a Response is sent as it is: no second pass of FastAPI's encoder over K rows
             "candidates": [{"item": c, "probabilities": dict(zip(ranker.tasks, p))} for c, p in zip(body.candidates, rows)],
             "unknown_items": result.unknown_items,
-        }
+        })
 
     @app.post("/v1/users/{user}/events")
     async def observe(user: str, body: EventsRequest) -> dict:
@@ -175,6 +164,30 @@ def _error_response(status: int, detail: object) -> JSONResponse:
 def _json_safe(errors: list[dict]) -> list[dict]:
     # pydantic puts the exception object itself in `ctx`; the client needs the text.
     return [{k: (v if k != "ctx" else {c: str(x) for c, x in v.items()}) for k, v in e.items()} for e in errors]
+
+
+class Measured:
+    """ASGI middleware: each request's route, status and latency into `metrics` (a 500 if the app raised)."""
+
+    def __init__(self, app, metrics: ServerMetrics):
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        start, status = time.perf_counter(), 500
+
+        async def sent(message):
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sent)
+        finally:
+            route = scope.get("route")  # set by the router on this scope when a route matched
+            self.metrics.observe(route.path if route is not None else "unmatched", status, time.perf_counter() - start)
 
 
 class BodyLimit:
