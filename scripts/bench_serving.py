@@ -4,12 +4,15 @@ Cold: the whole history is given in the call (no cache), so the history goes thr
 and then the K candidates in one pass, O(N² + K·N). Warm: the user's N events were observed
 before, and the call gives one new event, so only that event and the candidates run,
 O(N + K·N). Untrained models (the speed does not depend on the weights), one torch thread,
-CPU unless --device; prints a Markdown table of median seconds per call and candidates/s.
-`--exported` adds the `causalgr export` package (torch.export, CPU, always cold: it holds no
-cache), exported once per formulation and history length (seconds each).
+CPU unless --device; prints a Markdown table of median and 99th-percentile seconds per call
+(over --repeats calls after one warm-up: below 100 calls the 99th percentile is interpolated
+between the slowest ones) and candidates/s at the median. `--exported` adds the `causalgr
+export` package (torch.export, CPU, always cold: it holds no cache), exported once per
+formulation and history length (seconds each); `--aoti` also its AOTInductor compilation
+(minutes each; needs a C++ compiler).
 
     .venv/bin/python scripts/bench_serving.py [--lengths 128,512,2048] [--candidates 10,100,1000]
-        [--formulations interleaved,lfa,mvp,lagged,summed] [--backbone hstu] [--repeats 5] [--exported]
+        [--formulations interleaved,lfa,mvp,lagged,summed] [--backbone hstu] [--repeats 5] [--exported [--aoti]]
 """
 
 from __future__ import annotations
@@ -40,14 +43,24 @@ def history(length: int, num_items: int, seed: int) -> dict:
     )
 
 
-def median_seconds(call, repeats: int) -> float:
-    call()  # warm-up: first-call allocations
+def call_seconds(call, repeats: int) -> list[float]:
+    """Seconds of each of `repeats` calls, after one warm-up call (first-call allocations)."""
+    call()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         call()
         times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return times
+
+
+def median_seconds(call, repeats: int) -> float:
+    return statistics.median(call_seconds(call, repeats))
+
+
+def median_p99(call, repeats: int) -> tuple[float, float]:
+    times = call_seconds(call, repeats)
+    return statistics.median(times), float(np.percentile(times, 99))
 
 
 def main() -> None:
@@ -62,9 +75,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--exported", action="store_true", help="also time the torch.export package (CPU)")
+    parser.add_argument("--aoti", action="store_true", help="with --exported: also its AOTInductor package")
     args = parser.parse_args()
     if args.exported and args.device != "cpu":
         parser.error("--exported runs on the CPU")
+    if args.aoti and not args.exported:
+        parser.error("--aoti needs --exported")
     torch.set_num_threads(1)
     lengths = [int(n) for n in args.lengths.split(",")]
     counts = [int(k) for k in args.candidates.split(",")]
@@ -72,9 +88,10 @@ def main() -> None:
     print(f"`Ranker.rank`, {args.backbone}, dim {args.dim}, {args.layers} layers, {args.device}, one torch thread; "
           f"median of {args.repeats} calls")
     print()
-    extra = " exported s | exported/cold |" if args.exported else ""
-    print(f"| formulation | history N | K | cold s | warm s | cold/warm | candidates/s cold | candidates/s warm |{extra}")
-    print("|---|---|---|---|---|---|---|---|" + "---|---|" * args.exported)
+    extra = " exported s | exported/cold |" * args.exported + " AOTInductor s | AOTInductor/cold |" * args.aoti
+    print(f"| formulation | history N | K | cold s | cold p99 s | warm s | warm p99 s | cold/warm | candidates/s cold "
+          f"| candidates/s warm |{extra}")
+    print("|---|---|---|---|---|---|---|---|---|---|" + "---|---|" * (args.exported + args.aoti))
     folder = tempfile.TemporaryDirectory()
     for formulation in args.formulations.split(","):
         for length in lengths:
@@ -86,30 +103,40 @@ def main() -> None:
                            {key: values[length:] for key, values in events.items()})
             ranker.observe("user", **cached)
             timestamp = events["timestamps"][-1] + 60
+            program = compiled = None
             if args.exported:
-                package = export_ranker(ranker, Path(folder.name) / f"{formulation}-{length}.pt2",
-                                        max_candidates=max(max(counts), 2)).path
-                program = torch.export.load(package).module()
+                name = Path(folder.name) / f"{formulation}-{length}"
+                package = export_ranker(ranker, name.with_suffix(".pt2"), max_candidates=max(max(counts), 2),
+                                        aoti=name.with_suffix(".aoti.pt2") if args.aoti else None)
+                program = torch.export.load(package.path).module()
+                compiled = aoti_load_package(str(package.aoti_path)) if args.aoti else None
             for k in counts:
                 candidates = (np.random.default_rng(k).choice(args.items, k, replace=False) + 1).tolist()  # distinct
-                cold = median_seconds(lambda: ranker.rank(**events, candidates=candidates, timestamp=timestamp),
-                                      args.repeats)
-                warm = median_seconds(lambda: ranker.rank(user="user", **new, candidates=candidates,
-                                                          timestamp=timestamp), args.repeats)
-                row = (f"| {formulation} | {length} | {k} | {cold:.4f} | {warm:.4f} | {cold / warm:.1f}× "
-                       f"| {k / cold:,.0f} | {k / warm:,.0f} |")
-                if args.exported:
-                    exported = median_seconds(lambda: call(program, events, candidates, timestamp), args.repeats)
-                    row += f" {exported:.4f} | {exported / cold:.2f}× |"
+                cold, cold_p99 = median_p99(lambda: ranker.rank(**events, candidates=candidates, timestamp=timestamp),
+                                            args.repeats)
+                warm, warm_p99 = median_p99(lambda: ranker.rank(user="user", **new, candidates=candidates,
+                                                                timestamp=timestamp), args.repeats)
+                row = (f"| {formulation} | {length} | {k} | {cold:.4f} | {cold_p99:.4f} | {warm:.4f} | {warm_p99:.4f} "
+                       f"| {cold / warm:.1f}× | {k / cold:,.0f} | {k / warm:,.0f} |")
+                for program_or_package in (program, compiled)[: args.exported + args.aoti]:
+                    seconds = median_seconds(lambda: call(program_or_package, events, candidates, timestamp), args.repeats)
+                    row += f" {seconds:.4f} | {seconds / cold:.2f}× |"
                 print(row, flush=True)
 
 
 @torch.inference_mode()
 def call(program, events: dict, candidates: list, timestamp: int) -> torch.Tensor:
-    """The exported program on one request, given as lists like `Ranker.rank`'s (conversion included)."""
+    """The exported program (or its AOTInductor package) on one request, given as lists like
+    `Ranker.rank`'s (conversion included)."""
     return program(torch.tensor(events["items"]), torch.tensor(events["timestamps"]),
                    torch.tensor(events["labels"], dtype=torch.float32), torch.zeros(len(events["items"]), dtype=torch.long),
                    torch.tensor(candidates), torch.tensor(timestamp))
+
+
+def aoti_load_package(path: str):
+    from torch._inductor import aoti_load_package  # imports inductor: seconds, so only when asked
+
+    return aoti_load_package(path)
 
 
 if __name__ == "__main__":
