@@ -9,20 +9,25 @@ CPU unless --device; prints a Markdown table of median and 99th-percentile secon
 between the slowest ones) and candidates/s at the median. `--exported` adds the `causalgr
 export` package (torch.export, CPU, always cold: it holds no cache), exported once per
 formulation and history length (seconds each); `--aoti` also its AOTInductor compilation
-(minutes each; needs a C++ compiler).
+(minutes each; needs a C++ compiler). `--http` serves the same model with `causalgr serve`'s
+app (uvicorn in a process of its own, 127.0.0.1, one torch thread) and sends it --repeats cold
+requests at concurrency 1 with the load test's client: p50 and p99 of the HTTP round trip.
 
     .venv/bin/python scripts/bench_serving.py [--lengths 128,512,2048] [--candidates 10,100,1000]
-        [--formulations interleaved,lfa,mvp,lagged,summed] [--backbone hstu] [--repeats 5] [--exported [--aoti]]
+        [--formulations interleaved,lfa,mvp,lagged,summed] [--backbone hstu] [--repeats 5] [--exported [--aoti]] [--http]
 """
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing
+import socket
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
+import httpx
 import numpy as np
 import torch
 
@@ -30,6 +35,7 @@ from causalgr import ModelConfig, build_model
 from causalgr.models import BACKBONES, FORMULATIONS
 from causalgr.serving import Ranker
 from causalgr.serving.export import export_ranker
+from causalgr.serving.loadtest import LoadTest, run_loadtest
 
 TASKS = ("click", "like", "share")
 
@@ -76,6 +82,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--exported", action="store_true", help="also time the torch.export package (CPU)")
     parser.add_argument("--aoti", action="store_true", help="with --exported: also its AOTInductor package")
+    parser.add_argument("--http", action="store_true", help="also time cold requests to a `causalgr serve` app")
     args = parser.parse_args()
     if args.exported and args.device != "cpu":
         parser.error("--exported runs on the CPU")
@@ -88,22 +95,26 @@ def main() -> None:
     print(f"`Ranker.rank`, {args.backbone}, dim {args.dim}, {args.layers} layers, {args.device}, one torch thread; "
           f"median of {args.repeats} calls")
     print()
-    extra = " exported s | exported/cold |" * args.exported + " AOTInductor s | AOTInductor/cold |" * args.aoti
+    extra = (" exported s | exported/cold |" * args.exported + " AOTInductor s | AOTInductor/cold |" * args.aoti
+             + " HTTP p50 s | HTTP p99 s |" * args.http)
     print(f"| formulation | history N | K | cold s | cold p99 s | warm s | warm p99 s | cold/warm | candidates/s cold "
           f"| candidates/s warm |{extra}")
-    print("|---|---|---|---|---|---|---|---|---|---|" + "---|---|" * (args.exported + args.aoti))
+    print("|---|---|---|---|---|---|---|---|---|---|" + "---|---|" * (args.exported + args.aoti + args.http))
     folder = tempfile.TemporaryDirectory()
     for formulation in args.formulations.split(","):
         for length in lengths:
             config = ModelConfig(formulation=formulation, backbone=args.backbone, num_items=args.items, tasks=TASKS,
                                  dim=args.dim, layers=args.layers, max_len=length + 2)
+            torch.manual_seed(0)
             ranker = Ranker(build_model(config).to(args.device))
             events = history(length + 1, args.items, seed=length)
             cached, new = ({key: values[:length] for key, values in events.items()},
                            {key: values[length:] for key, values in events.items()})
             ranker.observe("user", **cached)
             timestamp = events["timestamps"][-1] + 60
-            program = compiled = None
+            program = compiled = server = None
+            if args.http:
+                server = HTTPServer(config)
             if args.exported:
                 name = Path(folder.name) / f"{formulation}-{length}"
                 package = export_ranker(ranker, name.with_suffix(".pt2"), max_candidates=max(max(counts), 2),
@@ -121,7 +132,12 @@ def main() -> None:
                 for program_or_package in (program, compiled)[: args.exported + args.aoti]:
                     seconds = median_seconds(lambda: call(program_or_package, events, candidates, timestamp), args.repeats)
                     row += f" {seconds:.4f} | {seconds / cold:.2f}× |"
+                if server is not None:
+                    p50, p99 = server.latency(length, k, args.repeats)
+                    row += f" {p50:.4f} | {p99:.4f} |"
                 print(row, flush=True)
+            if server is not None:
+                server.close()
 
 
 @torch.inference_mode()
@@ -131,6 +147,55 @@ def call(program, events: dict, candidates: list, timestamp: int) -> torch.Tenso
     return program(torch.tensor(events["items"]), torch.tensor(events["timestamps"]),
                    torch.tensor(events["labels"], dtype=torch.float32), torch.zeros(len(events["items"]), dtype=torch.long),
                    torch.tensor(candidates), torch.tensor(timestamp))
+
+
+class HTTPServer:
+    """`causalgr serve`'s app for `config`'s untrained model (seed 0: the same weights as the ranker
+    timed beside it) in a process of its own on a free loopback port."""
+
+    def __init__(self, config: ModelConfig):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process = multiprocessing.get_context("spawn").Process(target=_serve, args=(config, self.port))
+        self.process.start()
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                httpx.get(f"{self.url}/healthz", timeout=1).raise_for_status()
+                return
+            except httpx.HTTPError:
+                if time.monotonic() > deadline or not self.process.is_alive():
+                    self.close()
+                    raise SystemExit("the HTTP server did not start") from None
+                time.sleep(0.2)
+
+    def latency(self, history: int, candidates: int, requests: int) -> tuple[float, float]:
+        """p50 and p99 seconds of `requests` cold requests (after one warm-up), concurrency 1."""
+        settings = LoadTest(url=self.url, requests=requests + 1, concurrency=1, candidates=candidates,
+                            history=history, timeout_s=600)
+        result = run_loadtest(settings)
+        if not result.passed:
+            raise SystemExit(f"HTTP load test failed: {result.summary()}")
+        times = result.latencies_ms[1:] / 1000
+        return float(np.percentile(times, 50)), float(np.percentile(times, 99))
+
+    def close(self) -> None:
+        self.process.terminate()
+        self.process.join()
+
+
+def _serve(config: ModelConfig, port: int) -> None:
+    import uvicorn
+
+    from causalgr.serving.http import create_app
+    from causalgr.serving.items import ItemIndex
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    items = ItemIndex(config.num_items, {str(i): i for i in range(1, config.num_items + 1)})  # the load test's ids
+    uvicorn.run(create_app(Ranker(build_model(config), items)), host="127.0.0.1", port=port, log_level="warning")
 
 
 def aoti_load_package(path: str):
