@@ -156,6 +156,13 @@ def test_mean_ci95_and_paired_summary_by_hand():
     assert mvp["train_time_reduction_mean"] == pytest.approx((0.2 + 0.5) / 2)
     assert base["rel_improvement_mean"] == 0.0 and mvp["bayes_floor_loss"] is None
     assert mvp["tasks"]["like"]["ne_mean"] == pytest.approx(0.9)
+    assert mvp["rel_improvement_vs_summed_mean"] is None  # no summed in this comparison
+
+    runs += [run("summed", 0, 1.2, 100.0, 10.0), run("summed", 1, 1.0, 100.0, 10.0)]
+    base, mvp, summed = summarize(runs, ["interleaved", "mvp", "summed"], TASKS, None)
+    assert mvp["rel_improvement_vs_summed_mean"] == pytest.approx((0.3 / 1.2 + -0.5 / 1.0) / 2)  # paired by seed
+    assert mvp["rel_improvement_mean"] == pytest.approx((0.1 + 0.25) / 2)  # vs interleaved, unchanged
+    assert summed["rel_improvement_vs_summed_mean"] is None and base["rel_improvement_vs_summed_ci95"] is not None
 
 
 def test_speedup_is_the_ratio_of_per_run_medians_and_disturbed_epochs_are_named():

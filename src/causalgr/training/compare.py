@@ -33,7 +33,7 @@ import scipy.stats
 
 from causalgr.data.prepared import PreparedData, load_prepared
 from causalgr.errors import ConfigError
-from causalgr.models import BASELINE, FORMULATIONS
+from causalgr.models import BASELINE, FORMULATIONS, PRODUCTION_PEER
 from causalgr.training.config import TrainConfig
 from causalgr.training.metrics import json_safe
 from causalgr.training.rundir import RunDir
@@ -46,6 +46,8 @@ DISTURBED = 0.8  # throughput below this share of the typical one counts as dist
 DEFINITIONS = {
     "loss": "test eval loss: sum over tasks of the mean log loss on the test positions (streaming evaluation)",
     "rel_improvement": "(L_interleaved - L_model) / L_interleaved on test loss, paired by seed; > 0 is better",
+    "rel_improvement_vs_summed": "(L_summed - L_model) / L_summed on test loss, paired by seed, when summed (the "
+    "production peer) is in the comparison; > 0 is better",
     "valid_rel_improvement": "the same on validation loss: the column choices between configurations are made on",
     "ci95": "mean +- t_{0.975, n-1} * sd / sqrt(n) over seeds (Student t); null with fewer than 2 seeds",
     "speedup": "median_events_per_second(model) / median_events_per_second(interleaved), paired by seed: the ratio "
@@ -165,9 +167,9 @@ def _run_entry(name: str, metrics: dict, history: list[dict]) -> dict:
     }
 
 
-def _paired(runs: list[dict], formulation: str, key) -> list[float]:
-    """`key(model_run, baseline_run)` for every seed that both have."""
-    baseline = {r["seed"]: r for r in runs if r["formulation"] == BASELINE}
+def _paired(runs: list[dict], formulation: str, key, against: str = BASELINE) -> list[float]:
+    """`key(model_run, baseline_run)` for every seed that both have; the baseline is `against`."""
+    baseline = {r["seed"]: r for r in runs if r["formulation"] == against}
     return [key(r, baseline[r["seed"]]) for r in runs if r["formulation"] == formulation and r["seed"] in baseline]
 
 
@@ -178,6 +180,9 @@ def summarize(runs: list[dict], formulations: Sequence[str], tasks: Sequence[str
         mine = [r for r in runs if r["formulation"] == formulation]
         loss_mean, loss_ci = mean_ci95([r["test"]["loss"] for r in mine])
         rel = _paired(runs, formulation, lambda m, b: (b["test"]["loss"] - m["test"]["loss"]) / b["test"]["loss"])
+        rel_peer = _paired(runs, formulation, lambda m, b: (b["test"]["loss"] - m["test"]["loss"]) / b["test"]["loss"],
+                           against=PRODUCTION_PEER)
+        rel_peer_mean, rel_peer_ci = mean_ci95(rel_peer) if rel_peer and formulation != PRODUCTION_PEER else (None, None)
         valid_rel = _paired(runs, formulation, lambda m, b: (b["valid"]["loss"] - m["valid"]["loss"]) / b["valid"]["loss"])
         valid_rel_mean, valid_rel_ci = mean_ci95(valid_rel) if valid_rel else (None, None)
         speed = _paired(runs, formulation, lambda m, b: m["median_events_per_second"] / b["median_events_per_second"])
@@ -207,6 +212,8 @@ def summarize(runs: list[dict], formulations: Sequence[str], tasks: Sequence[str
             "valid_rel_improvement_ci95": valid_rel_ci,
             "rel_improvement_mean": rel_mean,
             "rel_improvement_ci95": rel_ci,
+            "rel_improvement_vs_summed_mean": rel_peer_mean,
+            "rel_improvement_vs_summed_ci95": rel_peer_ci,
             "speedup_mean": speed_mean,
             "speedup_ci95": speed_ci,
             "train_time_reduction_mean": cut_mean,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from causalgr.models import BASELINE
+from causalgr.models import BASELINE, PRODUCTION_PEER
 
 PLOTS = ("valid_curves.png", "rel_improvement.png", "ne_per_task.png", "time_throughput.png")
 
@@ -83,15 +83,19 @@ def render_markdown(results: dict) -> str:
         "## Test eval loss",
         "",
         "Summed log loss over the tasks on the test positions (streaming evaluation). Relative improvement is "
-        "`(L_interleaved − L_model) / L_interleaved`, paired by seed; positive is better. Choices between "
+        "`(L_interleaved − L_model) / L_interleaved`, paired by seed; positive is better (against `summed`, the "
+        "production peer, the same with `L_summed`). Choices between "
         "configurations are made on the validation columns; the test columns report the final one.",
         "",
     ]
+    peer = PRODUCTION_PEER in results["formulations"]  # then a column vs the production peer too
     rows = [
         [
             f"`{s['formulation']}`",
             plus_minus(s["loss_mean"], s["loss_ci95"]),
             "(baseline)" if s["formulation"] == BASELINE else percent_ci(s["rel_improvement_mean"], s["rel_improvement_ci95"]),
+            *([] if not peer else ["(peer)" if s["formulation"] == PRODUCTION_PEER else
+                                   percent_ci(s["rel_improvement_vs_summed_mean"], s["rel_improvement_vs_summed_ci95"])]),
             format_number(s["valid_loss_mean"]),
             "(baseline)" if s["formulation"] == BASELINE else percent_ci(s["valid_rel_improvement_mean"],
                                                                          s["valid_rel_improvement_ci95"]),
@@ -101,9 +105,10 @@ def render_markdown(results: dict) -> str:
         for s in summary
     ]
     if floor:
-        rows.append(["Bayes floor (true probabilities)", format_number(floor["loss"]), "—", "—", "—", "—", "—"])
+        rows.append(["Bayes floor (true probabilities)", format_number(floor["loss"]), *["—"] * (5 + peer)])
     out += [
-        _table(["formulation", "test loss", f"rel. improvement vs {BASELINE}", "valid loss",
+        _table(["formulation", "test loss", f"rel. improvement vs {BASELINE}",
+                *[f"rel. improvement vs {PRODUCTION_PEER}"] * peer, "valid loss",
                 f"valid rel. improvement vs {BASELINE}", "best epoch", "parameters (w/o item table)"], rows),
         "",
         "## NE per task (test)",
