@@ -67,15 +67,15 @@ def _schema() -> pa.Schema:
     return pa.schema(fields)
 
 
-def step_prepare(events_file: Path, out: Path, max_len: int, split: str) -> None:
+def step_prepare(events_file: Path, out: Path, max_len: int, split: str, chunk_events: int) -> None:
     from causalgr.data.events import EventTable
     from causalgr.data.sequences import PrepareSettings
-    from causalgr.data.stream import prepare_stream
+    from causalgr.data.stream import CHUNK_EVENTS, prepare_stream
 
     events = EventTable(
         frame=None, chunks=lambda: parquet_chunks(events_file), tasks=TASKS, source="bench:random", sha256=events_file.name
     )
-    prepare_stream(events, out, PrepareSettings(max_len=max_len, split=split))
+    prepare_stream(events, out, PrepareSettings(max_len=max_len, split=split), chunk_events=chunk_events or CHUNK_EVENTS)
 
 
 def parquet_chunks(path: Path) -> Iterator[pl.DataFrame]:
@@ -130,6 +130,7 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=500_000)
     parser.add_argument("--split", choices=["user", "time"], default="user")
     parser.add_argument("--max-len", type=int, default=512)
+    parser.add_argument("--chunk-events", type=int, default=0, help="prepare_stream's chunk; default CHUNK_EVENTS")
     parser.add_argument("--ranks", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work", type=Path, required=True, help="folder for the data (deleted afterwards)")
@@ -143,7 +144,7 @@ def main() -> None:
         write_random_events(events_file, args.events, users, args.items, args.seed)
         return
     if args.step == "prepare":
-        step_prepare(events_file, prepared, args.max_len, args.split)
+        step_prepare(events_file, prepared, args.max_len, args.split, args.chunk_events)
         return
     if args.step == "loader":
         print(json.dumps(step_loader(prepared, 0, args.ranks)))
@@ -151,9 +152,11 @@ def main() -> None:
 
     args.work.mkdir(parents=True, exist_ok=True)
     me = [sys.executable, __file__, "--events", str(args.events), "--users", str(users), "--items", str(args.items),
-          "--split", args.split, "--max-len", str(args.max_len), "--ranks", str(args.ranks), "--seed", str(args.seed),
+          "--split", args.split, "--max-len", str(args.max_len),
+          "--chunk-events", str(args.chunk_events), "--ranks", str(args.ranks), "--seed", str(args.seed),
           "--work", str(args.work)]  # fmt: skip
-    results: dict = {"events": args.events, "users": users, "split": args.split, "max_len": args.max_len}
+    results: dict = {"events": args.events, "users": users, "split": args.split, "max_len": args.max_len,
+                     "chunk_events": args.chunk_events}
     steps = args.steps.split(",")
     try:
         for step in steps:
