@@ -11,7 +11,7 @@ Each step runs in a process of its own, so its peak RSS is its own (`os.wait4`):
 - `loader`: rank 0 of --ranks reading its share of the `prepare` output
   (`load_prepared(share=…)`) and building every training batch of one epoch.
 
-    .venv/bin/python scripts/bench_prepare.py --events 10000000 --work /tmp/bench [--steps events,prepare,synth,loader]
+    .venv/bin/python scripts/bench_prepare.py --events 10000000 --work /tmp/bench [--steps generate,prepare,synth,loader]
 """
 
 from __future__ import annotations
@@ -23,11 +23,16 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+if TYPE_CHECKING:
+    import polars as pl
 
 TASKS = ("click", "like", "share")
 _CHUNK = 1 << 20
@@ -62,19 +67,26 @@ def _schema() -> pa.Schema:
     return pa.schema(fields)
 
 
-def step_prepare(events_file: Path, out: Path, max_len: int, split: str) -> None:
-    import polars as pl
-
+def step_prepare(events_file: Path, out: Path, max_len: int, split: str, chunk_events: int) -> None:
     from causalgr.data.events import EventTable
     from causalgr.data.sequences import PrepareSettings
-    from causalgr.data.stream import prepare_stream
+    from causalgr.data.stream import CHUNK_EVENTS, prepare_stream
 
-    def chunks():
-        for batch in pq.ParquetFile(events_file).iter_batches(batch_size=_CHUNK):
-            yield pl.from_arrow(batch)
+    events = EventTable(
+        frame=None, chunks=lambda: parquet_chunks(events_file), tasks=TASKS, source="bench:random", sha256=events_file.name
+    )
+    prepare_stream(events, out, PrepareSettings(max_len=max_len, split=split), chunk_events=chunk_events or CHUNK_EVENTS)
 
-    events = EventTable(frame=None, chunks=chunks, tasks=TASKS, source="bench:random", sha256=events_file.name)
-    prepare_stream(events, out, PrepareSettings(max_len=max_len, split=split))
+
+def parquet_chunks(path: Path) -> Iterator[pl.DataFrame]:
+    """The rows of a Parquet file as frames of at most `_CHUNK` rows, holding one at a time.
+
+    Without `pre_buffer=False`, pyarrow reads the row groups' raw bytes ahead and keeps them all
+    until the last batch: a reader as large as the file (1.3 GiB of 2.7 at 30M events)."""
+    import polars as pl
+
+    for batch in pq.ParquetFile(path, pre_buffer=False).iter_batches(batch_size=_CHUNK):
+        yield pl.from_arrow(batch)
 
 
 def step_loader(prepared: Path, rank: int, ranks: int) -> dict:
@@ -92,7 +104,7 @@ def step_loader(prepared: Path, rank: int, ranks: int) -> dict:
 
 
 def run_step(argv: list[str]) -> dict:
-    """Run one step in a fresh process: its wall time and peak RSS."""
+    """Run one step in a fresh process: its wall time, CPU time and peak RSS."""
     start = time.perf_counter()
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
     output = proc.stdout.read()
@@ -100,7 +112,11 @@ def run_step(argv: list[str]) -> dict:
     if status != 0:
         raise SystemExit(f"step failed: {' '.join(argv)}")
     scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: kilobytes on Linux
-    result = {"seconds": round(time.perf_counter() - start, 1), "peak_rss_gib": round(usage.ru_maxrss * scale / 2**30, 2)}
+    result = {
+        "seconds": round(time.perf_counter() - start, 1),
+        "cpu_seconds": round(usage.ru_utime + usage.ru_stime, 1),  # not stretched by other jobs
+        "peak_rss_gib": round(usage.ru_maxrss * scale / 2**30, 2),
+    }
     lines = output.strip().splitlines()
     if lines and lines[-1].startswith("{"):
         result.update(json.loads(lines[-1]))
@@ -114,6 +130,7 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=500_000)
     parser.add_argument("--split", choices=["user", "time"], default="user")
     parser.add_argument("--max-len", type=int, default=512)
+    parser.add_argument("--chunk-events", type=int, default=0, help="prepare_stream's chunk; default CHUNK_EVENTS")
     parser.add_argument("--ranks", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work", type=Path, required=True, help="folder for the data (deleted afterwards)")
@@ -127,7 +144,7 @@ def main() -> None:
         write_random_events(events_file, args.events, users, args.items, args.seed)
         return
     if args.step == "prepare":
-        step_prepare(events_file, prepared, args.max_len, args.split)
+        step_prepare(events_file, prepared, args.max_len, args.split, args.chunk_events)
         return
     if args.step == "loader":
         print(json.dumps(step_loader(prepared, 0, args.ranks)))
@@ -135,9 +152,11 @@ def main() -> None:
 
     args.work.mkdir(parents=True, exist_ok=True)
     me = [sys.executable, __file__, "--events", str(args.events), "--users", str(users), "--items", str(args.items),
-          "--split", args.split, "--max-len", str(args.max_len), "--ranks", str(args.ranks), "--seed", str(args.seed),
+          "--split", args.split, "--max-len", str(args.max_len),
+          "--chunk-events", str(args.chunk_events), "--ranks", str(args.ranks), "--seed", str(args.seed),
           "--work", str(args.work)]  # fmt: skip
-    results: dict = {"events": args.events, "users": users, "split": args.split, "max_len": args.max_len}
+    results: dict = {"events": args.events, "users": users, "split": args.split, "max_len": args.max_len,
+                     "chunk_events": args.chunk_events}
     steps = args.steps.split(",")
     try:
         for step in steps:

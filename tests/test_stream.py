@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+
 import numpy as np
 import polars as pl
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -161,3 +165,22 @@ def test_a_rank_without_users_is_a_data_error(tmp_path):
     prepare_stream(synthetic_events(SynthSettings(users=1, items=10, clusters=2, seed=0)), tmp_path)
     with pytest.raises(DataError, match="no users for rank 0 of 2"):
         load_prepared(tmp_path, share=(0, 2))
+
+
+def test_the_prepare_benchmark_reads_its_file_one_batch_at_a_time(tmp_path, monkeypatch):
+    """scripts/bench_prepare.py's peak memory stands for `prepare_stream`'s only while its reader
+    holds one batch: pyarrow's default pre-buffering keeps every row group read until the end."""
+    spec = importlib.util.spec_from_file_location("bench_prepare", Path(__file__).parents[1] / "scripts" / "bench_prepare.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    rng = np.random.default_rng(0)
+    rows, groups = 10_000, 32
+    table = pa.table({name: rng.integers(0, 2**62, rows * groups) for name in ("a", "b", "c")})  # incompressible
+    pq.write_table(table, tmp_path / "events.parquet", row_group_size=rows)
+    monkeypatch.setattr(bench, "_CHUNK", rows)
+    before, held = pa.total_allocated_bytes(), []
+    for chunk in bench.parquet_chunks(tmp_path / "events.parquet"):
+        held.append(pa.total_allocated_bytes() - before)
+        del chunk
+    group_bytes = table.nbytes // groups
+    assert len(held) == groups and max(held) < 8 * group_bytes, [round(h / group_bytes, 1) for h in held]

@@ -21,7 +21,8 @@ class EventTable:
     are part of the prepared data's cache key and `meta.json`.
 
     A table too large to hold gives `chunks` instead of `frame`: a function returning its rows
-    as frames, in order (`causalgr.data.stream.prepare_stream` reads it once).
+    as frames, in order (`causalgr.data.stream.prepare_stream` reads it once). Reading Parquet
+    for it, pass `pre_buffer=False` to pyarrow: by default it keeps every row group read.
     """
 
     frame: pl.DataFrame | None

@@ -2,7 +2,8 @@
 
 `prepare_stream` writes the folder that `causalgr.data.sequences.prepare` writes, byte for byte
 the same content, reading the events chunk by chunk and never holding more than about
-`chunk_events` of them (plus a few bytes per user and item). Three passes, each over chunks:
+`chunk_events` of them, plus at most ~150 bytes per user and 60 per item (docs/distributed.md,
+"Data at scale, measured"). Three passes, each over chunks:
 
 1. **Runs.** Each chunk of the table is checked (the same one-line `DataError`s), sorted by
    (user id, timestamp, row) and written to a temporary Parquet "run"; the events per user id
