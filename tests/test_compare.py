@@ -82,10 +82,12 @@ def test_compare_end_to_end_writes_the_contract(tiny_data, tmp_path):
 
     # Running it again skips the finished runs (their files stay untouched) and gives the same table.
     stamps = {r["run_dir"]: (out / r["run_dir"] / "metrics.json").stat().st_mtime_ns for r in runs}
-    again = CliRunner().invoke(app, args)
+    # A repeated --set (scripts pass flags on) is written once in the reproducing command.
+    again = CliRunner().invoke(app, args + ["--set", "model.dim=8"])
     assert again.exit_code == 0, again.output
     assert {d: (out / d / "metrics.json").stat().st_mtime_ns for d in stamps} == stamps
-    assert json.loads((out / "results.json").read_text())["summary"] == results["summary"]
+    rerun = json.loads((out / "results.json").read_text())
+    assert rerun["summary"] == results["summary"] and rerun["command"].count("--set model.dim=8") == 1
 
 
 def test_compare_continues_an_interrupted_run_and_rejects_a_changed_budget(tiny_data, tmp_path):

@@ -136,7 +136,7 @@ def register(app: typer.Typer) -> None:
         words += ["--seeds", seeds, "--out", str(out)] + (["--nproc", str(nproc)] if nproc > 1 else [])
         if config is not None:
             words += ["--config", str(config)]
-        for item in overrides:
+        for item in reversed(dict.fromkeys(reversed(overrides))):  # a repeated --set once, where it last counts
             words += ["--set", item]
         if nproc > 1 and "WORLD_SIZE" in os.environ:
             raise ConfigError("compare: --nproc starts its own processes; under torchrun leave it out")
