@@ -206,3 +206,33 @@ def test_paired_change_is_paired_by_formulation_and_seed_on_validation_loss():
     assert seeds == 2 and mean == pytest.approx((0.1 + 0.5) / 2) and ci[0] < mean < ci[1]
     assert "mvp" not in changes
     assert paired_change(base, variant, "test")["lfa"][0] == 0.0  # the test loss is another column
+
+
+def test_paired_tables_pair_across_comparisons_by_seed(tmp_path):
+    """scripts/paired_tables.py: the capacity control pairs a formulation with another comparison's
+    control seed by seed; the depth study pairs each formulation with itself at the other depth."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    def results(path, layers, losses):
+        runs = [{"formulation": f, "seed": seed, "test": {"loss": loss}, "num_parameters_without_items": 10 * layers}
+                for (f, seed), loss in losses.items()]
+        path.write_text(json.dumps({"config": {"model": {"layers": layers}}, "runs": runs}))
+        return str(path)
+
+    main = results(tmp_path / "main.json", 2, {("interleaved", 0): 1.0, ("interleaved", 1): 1.0,
+                                               ("lfa", 0): 0.9, ("lfa", 1): 0.8, ("lfa", 2): 0.1})
+    deep = results(tmp_path / "deep.json", 3, {("interleaved", 1): 2.0, ("interleaved", 0): 1.0,
+                                               ("lfa", 0): 0.5, ("lfa", 1): 1.0})
+    script = Path(__file__).parents[1] / "scripts" / "paired_tables.py"
+
+    def row(table, start):
+        done = subprocess.run([sys.executable, str(script), table, main, deep], capture_output=True, text=True, check=True)
+        return next(line for line in done.stdout.splitlines() if line.startswith(start))
+
+    mean, ci = mean_ci95([0.1, 0.6])  # lfa vs the 3-layer interleaved: (1 − 0.9) / 1, (2 − 0.8) / 2
+    assert f"+{mean:.2%} [{ci[0]:+.2%}, {ci[1]:+.2%}]" in row("capacity", "| `lfa` | 2 |")
+    assert "(control)" in row("capacity", "| `interleaved` | 3 |")
+    mean, ci = mean_ci95([0.4 / 0.9, -0.25])  # lfa 2 → 3 layers: (0.9 − 0.5) / 0.9, (0.8 − 1) / 0.8; seed 2 unpaired
+    assert f"{mean:+.2%} [{ci[0]:+.2%}, {ci[1]:+.2%}]" in row("depth", "| `lfa` |")
