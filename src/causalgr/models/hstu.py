@@ -7,7 +7,9 @@ per head. With `mvp=True` every layer also mixes action values u_j = W_a b(a_j) 
 the target-aware mask (`attention.target_aware_pointwise_attention`).
 
 Serving (`extend`, `targets`): the history's per-layer keys and values are kept in an
-`EncoderCache`; new tokens continue it, and K target tokens at position L read it.
+`EncoderCache`; new tokens continue it, and K target tokens at position L read it. `serve`
+does both; a warm request (a few new tokens, then the targets) runs them through each layer
+together: one projection and one attention slab (`attention.warm_pointwise_attention`).
 """
 
 from __future__ import annotations
@@ -16,11 +18,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from causalgr.models.attention import pointwise_attention, target_aware_pointwise_attention, target_pointwise_attention
+from causalgr.models.attention import (
+    pointwise_attention,
+    target_aware_pointwise_attention,
+    target_pointwise_attention,
+    warm_pointwise_attention,
+)
 from causalgr.models.cache import EncoderCache, LayerCache
 from causalgr.models.config import ModelConfig
 from causalgr.models.heads import merge_heads, split_heads
 from causalgr.models.kernels import BiasTables
+
+
+WARM_TOKENS = 32  # at most this many new tokens share a pass with the targets; more run blocked (`extend`)
 
 
 class RelativeBias(nn.Module):
@@ -81,6 +91,19 @@ class STULayer(nn.Module):
         attended = target_pointwise_attention(q, k, v, cache.keys, history, bias, after=True, engine=self.engine)
         return self.output(x, attended, gate)
 
+    def warm(
+        self, x: torch.Tensor, bias: BiasTables, cache: LayerCache, actions: torch.Tensor | None, new: int
+    ) -> tuple[torch.Tensor, LayerCache]:
+        """`extend` of the first `new` tokens of x [1, M + K, D], then `targets` of the K after them,
+        in one projection and one attention slab. Returns all M + K outputs and the cache with the
+        M new tokens appended."""
+        gate, q, k, v = self.project(x)
+        if new:
+            cache = cache.append(k[:, :, :new], v[:, :, :new], self.action_values(actions))
+        attended = warm_pointwise_attention(q, k[:, :, new:], v[:, :, new:], cache.keys, cache.values, cache.actions,
+                                            bias, new, engine=self.engine)  # [1, H, M + K, dh]
+        return self.output(x, attended, gate), cache
+
     def project(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """x [B, L, D] → gate U [B, L, D] and q, k, v [B, H, L, dh]."""
         gate, v, q, k = F.silu(self.f1(self.norm_in(x))).chunk(4, dim=-1)  # 4 × [B, L, D]
@@ -140,6 +163,31 @@ class HSTUEncoder(nn.Module):
             x, layer_cache = layer.extend(x, bias, layer_cache, actions)
             layers.append(layer_cache)
         return self.norm(x), EncoderCache(tuple(layers), times)
+
+    def serve(
+        self, x: torch.Tensor, timestamps: torch.Tensor, cache: EncoderCache | None = None,
+        actions: torch.Tensor | None = None, targets: torch.Tensor | None = None,
+        timestamp: int | torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, EncoderCache, torch.Tensor | None]:
+        """Serving: `extend` by the new tokens x, then — with `targets` [1, K, D] at `timestamp` —
+        `targets` after the extended cache: (the new tokens' states [1, M, D], the extended cache,
+        the targets' states [1, K, D] or None). With a fast engine and at most WARM_TOKENS new
+        tokens, both go through each layer as one slab (`STULayer.warm`); otherwise in turn."""
+        M, first = x.shape[1], self.layers[0]
+        if targets is None or M > WARM_TOKENS or first.engine == "reference":
+            h, cache = self.extend(x, timestamps, cache, actions)
+            return h, cache, None if targets is None else self.targets(targets, timestamp, cache)
+        cache = cache or EncoderCache.empty(len(self.layers), first.heads, first.action_value is not None, x)
+        times = torch.cat([cache.timestamps, timestamps], dim=1) if M else cache.timestamps  # [1, L + M]
+        when = torch.as_tensor(timestamp, device=x.device).view(1, 1)
+        bias = self.bias(torch.cat([times, when], dim=1))._replace(blocks={})  # [1, L + M + 1]: the targets' time last
+        x = torch.cat([x, targets], dim=1)  # [1, M + K, D]
+        layers = []
+        for layer, layer_cache in zip(self.layers, cache.layers):
+            x, layer_cache = layer.warm(x, bias, layer_cache, actions, M)
+            layers.append(layer_cache)
+        x = self.norm(x)
+        return x[:, :M], EncoderCache(tuple(layers), times), x[:, M:]
 
     def targets(self, x: torch.Tensor, timestamp: int | torch.Tensor, cache: EncoderCache) -> torch.Tensor:
         """Serving: K target tokens x [1, K, D] at position L and time `timestamp` → their states

@@ -121,6 +121,17 @@ class SoftmaxEncoder(nn.Module):
             layers.append(layer_cache)
         return self.norm(x), EncoderCache(tuple(layers), torch.cat([cache.timestamps, timestamps], dim=1))
 
+    def serve(
+        self, x: torch.Tensor, timestamps: torch.Tensor, cache: EncoderCache | None = None,
+        actions: torch.Tensor | None = None, targets: torch.Tensor | None = None,
+        timestamp: int | torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, EncoderCache, torch.Tensor | None]:
+        """Serving: `extend` by the new tokens x, then — with `targets` [1, K, D] at `timestamp` —
+        `targets` after the extended cache: (the new tokens' states [1, M, D], the extended cache,
+        the targets' states [1, K, D] or None)."""
+        h, cache = self.extend(x, timestamps, cache, actions)
+        return h, cache, None if targets is None else self.targets(targets, timestamp, cache)
+
     def targets(self, x: torch.Tensor, timestamp: int | torch.Tensor, cache: EncoderCache) -> torch.Tensor:
         """Serving: K target tokens x [1, K, D] at position L and time `timestamp` → their states
         [1, K, D]. Each sees the L cached tokens and itself, never another target."""
