@@ -361,3 +361,21 @@ def test_ranking_never_changes_the_cached_history(formulation, backbone):
     assert before.keys() == after.keys() == rebuilt.keys()
     for name in before:
         assert torch.equal(after[name], before[name]) and torch.equal(rebuilt[name], before[name]), name
+
+
+def test_the_bias_sums_kept_between_calls_follow_the_weights():
+    """HSTU keeps its position + time sums table between serving calls (`RelativeBias.serving`):
+    weights changed in place afterwards must reach the next answers, cold and warm."""
+    ranker = Ranker(make_model("lfa", "hstu", TASKS))
+    history, later = events(12, 31), events(1, 32, start=10**6)
+    timestamp = last_time(later) + 60
+    ranker.rank(**history, candidates=[3, 9], timestamp=timestamp)  # the table is made here
+    with torch.no_grad():
+        ranker.model.encoder.bias.time.weight.add_(0.5)
+        ranker.model.encoder.bias.position.weight.mul_(2.0)
+    ranker.observe("u", **history)  # after the change: its state is the new weights'
+    for probs in (ranker.rank(**joined(history, later), candidates=[3, 9], timestamp=timestamp),
+                  ranker.rank(user="u", **later, candidates=[3, 9], timestamp=timestamp)):
+        for k, c in enumerate([3, 9]):
+            want = model_says(ranker.model, joined(history, later), c, timestamp)
+            np.testing.assert_allclose(probs[k], want, atol=ATOL, rtol=0)

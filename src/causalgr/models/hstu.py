@@ -50,6 +50,17 @@ class RelativeBias(nn.Module):
     def forward(self, timestamps: torch.Tensor) -> BiasTables:
         return BiasTables(self.position.weight, self.time.weight, timestamps)
 
+    def serving(self, timestamps: torch.Tensor) -> BiasTables:
+        """The tables with a `blocks` memo for one serving call (`bias.block_bias`), holding already
+        the sums table, which depends on the weights alone: made again only when they change."""
+        weights = (self.position.weight, self.time.weight)
+        version = tuple((w.data_ptr(), w._version) for w in weights)
+        if getattr(self, "_sums", (None, None))[0] != version:
+            (P, H), buckets = self.position.weight.shape, self.time.weight.shape[0]
+            sums = (weights[0][:, None] + weights[1][None]).view(P * buckets, H).t()  # [H, P·Tb]
+            self._sums = version, sums.detach()
+        return BiasTables(*weights, timestamps, blocks={"sums": self._sums[1]})
+
 
 class STULayer(nn.Module):
     def __init__(self, dim: int, heads: int, dropout: float, mvp: bool, engine: str):
@@ -157,7 +168,7 @@ class HSTUEncoder(nn.Module):
         if x.shape[1] == 0:
             return self.norm(x), cache
         times = torch.cat([cache.timestamps, timestamps], dim=1)  # [1, L + M]
-        bias = self.bias(times)._replace(blocks={})  # each block's bias made once, for every layer
+        bias = self.bias.serving(times)  # each block's bias made once, for every layer
         layers = []
         for layer, layer_cache in zip(self.layers, cache.layers):
             x, layer_cache = layer.extend(x, bias, layer_cache, actions)
@@ -180,7 +191,7 @@ class HSTUEncoder(nn.Module):
         cache = cache or EncoderCache.empty(len(self.layers), first.heads, first.action_value is not None, x)
         times = torch.cat([cache.timestamps, timestamps], dim=1) if M else cache.timestamps  # [1, L + M]
         when = torch.as_tensor(timestamp, device=x.device).view(1, 1)
-        bias = self.bias(torch.cat([times, when], dim=1))._replace(blocks={})  # [1, L + M + 1]: the targets' time last
+        bias = self.bias.serving(torch.cat([times, when], dim=1))  # [1, L + M + 1]: the targets' time last
         x = torch.cat([x, targets], dim=1)  # [1, M + K, D]
         layers = []
         for layer, layer_cache in zip(self.layers, cache.layers):
@@ -193,7 +204,7 @@ class HSTUEncoder(nn.Module):
         """Serving: K target tokens x [1, K, D] at position L and time `timestamp` → their states
         [1, K, D]. Each sees the L cached tokens and itself, never another target."""
         when = torch.as_tensor(timestamp, device=x.device).view(1, 1)  # an int, or a 0-d tensor under torch.export
-        bias = self.bias(torch.cat([cache.timestamps, when], dim=1))._replace(blocks={})  # [1, L + 1]: the targets' time last
+        bias = self.bias.serving(torch.cat([cache.timestamps, when], dim=1))  # [1, L + 1]: the targets' time last
         for layer, layer_cache in zip(self.layers, cache.layers):
             x = layer.targets(x, bias, layer_cache)
         return self.norm(x)

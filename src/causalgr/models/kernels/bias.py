@@ -85,13 +85,14 @@ def block_bias(tables: BiasTables, start: int, stop: int, keys: int) -> torch.Te
     return memo[(start, stop, keys)]
 
 
-def warm_bias(tables: BiasTables, new: int, targets: int) -> tuple[torch.Tensor, torch.Tensor]:
+def warm_bias(tables: BiasTables, new: int, targets: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """A warm request's rows (`blocked.warm_forward`), made once per call and memoised in
     `tables.blocks`: M = `new` tokens at positions S − M..S − 1, then `targets` rows at position S
     and time tables.timestamps[:, S], over the S = tables.timestamps.shape[1] − 1 keys. Returns the
     rab [B·H, M + K, S] (one gather from the sums table, equal bit for bit to the reference's) and
-    the mask over the count, 1/(n + 1) where key j ≤ position n, else 0: [M + K, S]. The targets
-    share one row, made once; with no new tokens both come as that one row, to be broadcast."""
+    the mask over the count, 1/(n + 1) where key j ≤ position n, else 0: [M + K, S] — the targets
+    share one row, made once; with no new tokens both come as that one row, to be broadcast — and
+    the rab of a target's own key, [H, 1]."""
     memo = tables.blocks if tables.blocks is not None else {}
     if ("warm", new, targets) not in memo:
         (P, H), buckets = tables.position.shape, tables.time.shape[0]
@@ -109,7 +110,8 @@ def warm_bias(tables: BiasTables, new: int, targets: int) -> tuple[torch.Tensor,
         if new:  # the target row once per target: [M + K] rows
             rows = torch.cat([torch.arange(new, device=device), torch.full((targets,), new, device=device)])
             bias, over_count = bias.index_select(2, rows), over_count.index_select(0, rows)
-        memo[("warm", new, targets)] = bias.reshape(B * H, bias.shape[2], S), over_count
+        own = (tables.position[0] + tables.time[0])[:, None]  # [H, 1]: a target's own key, distance 0 and gap 0
+        memo[("warm", new, targets)] = bias.reshape(B * H, bias.shape[2], S), over_count, own
     return memo[("warm", new, targets)]
 
 

@@ -131,14 +131,13 @@ def warm_forward(
     """
     B, H, R, dh = q.shape
     S, scale = k.shape[-2], 1.0 / math.sqrt(dh)
-    bias, over_count = warm_bias(tables, new, R - new)  # [B·H, M + K, S], [M + K, S]
+    bias, over_count, own_bias = warm_bias(tables, new, R - new)  # [B·H, M + K, S], [M + K, S], [H, 1]
     scores = torch.baddbmm(bias, q.reshape(B * H, R, dh), k.reshape(B * H, S, dh).transpose(1, 2), alpha=scale)
     weights = F.silu(scores, inplace=True).mul_(over_count).view(B, H, R, S)  # A, zero where masked
     out = weights @ x  # [B, H, M + K, dh]
     if y is not None and new:  # the new tokens' own action values: A_nn·u_n, which j < n forbids
         out[:, :, :new] -= weights[..., :new, S - new :].diagonal(dim1=-2, dim2=-1)[..., None] * y
-    own_bias = (tables.position[0] + tables.time[0])[:, None]  # [H, 1]: distance 0, gap 0 (bucket 0)
-    own = F.silu((q[:, :, new:] * k_t).sum(-1).mul_(scale).add_(own_bias))  # [B, H, K]
+    own = F.silu(torch.add(own_bias, (q[:, :, new:] * k_t).sum(-1), alpha=scale))  # [B, H, K]
     out[:, :, new:].addcmul_(own.div_(S + 1)[..., None], v_t)  # + A(q_t, k_t)·v_t, the target's own term
     return out
 
