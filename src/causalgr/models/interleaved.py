@@ -33,7 +33,8 @@ class Interleaved(RankingModel):
         states = self.encoder(self.input_dropout(tokens), times)  # [B, 2N, D]
         return self.head(states[:, 0::2])  # item tokens → [B, N, T]
 
-    def serve(self, state, events, candidates=None, timestamp=None):
+    def serve(self, state: HistoryState | None, events: Batch, candidates: torch.Tensor | None = None,
+              timestamp: int | torch.Tensor | None = None) -> tuple[HistoryState, torch.Tensor | None]:
         M = events.items.shape[1]
         items, actions = self.items(events.items), self.embed_actions(events)  # [1, M, D]
         tokens = torch.stack([items, actions], dim=2).reshape(1, 2 * M, self.config.dim)  # [1, 2M, D]

@@ -33,7 +33,8 @@ class Lagged(RankingModel):
         tokens = self.items(batch.items) + previous
         return self.head(self.encoder(self.input_dropout(tokens), batch.timestamps))  # [B, N, T]
 
-    def serve(self, state, events, candidates=None, timestamp=None):
+    def serve(self, state: HistoryState | None, events: Batch, candidates: torch.Tensor | None = None,
+              timestamp: int | torch.Tensor | None = None) -> tuple[HistoryState, torch.Tensor | None]:
         last = self.start.view(1, 1, -1) if state is None else state.last_action  # b(a) before the new events
         actions = torch.cat([last, self.embed_actions(events)], dim=1)  # [1, 1 + M, D]
         tokens = self.items(events.items) + actions[:, :-1]  # e(i_n) + b(a_{n-1})

@@ -32,7 +32,8 @@ class LateFusion(RankingModel):
         pooled = self.pooling(h, self.embed_actions(batch))  # [B, N, D], actions j < n only
         return self.head(torch.cat([h, pooled], dim=-1))  # [B, N, T]
 
-    def serve(self, state, events, candidates=None, timestamp=None):
+    def serve(self, state: HistoryState | None, events: Batch, candidates: torch.Tensor | None = None,
+              timestamp: int | torch.Tensor | None = None) -> tuple[HistoryState, torch.Tensor | None]:
         targets = None if candidates is None else self.items(candidates)[None]  # [1, K, D]
         h, encoder, h_t = self.encoder.serve(self.items(events.items), events.timestamps, state and state.encoder,
                                              targets=targets, timestamp=timestamp)  # [1, M, D], [1, K, D]

@@ -39,7 +39,8 @@ class MixedValuePooling(RankingModel):
             return self.head(h)  # [B, N, T]
         return self.head(torch.cat([h, self.pooling(h, actions)], dim=-1))
 
-    def serve(self, state, events, candidates=None, timestamp=None):
+    def serve(self, state: HistoryState | None, events: Batch, candidates: torch.Tensor | None = None,
+              timestamp: int | torch.Tensor | None = None) -> tuple[HistoryState, torch.Tensor | None]:
         actions = self.embed_actions(events)  # [1, M, D]
         targets = None if candidates is None else self.items(candidates)[None]  # [1, K, D]
         h, encoder, h_t = self.encoder.serve(self.items(events.items), events.timestamps, state and state.encoder,

@@ -37,7 +37,8 @@ class Summed(RankingModel):
         )  # [B, N, D] at the target tokens
         return self.head(states)  # [B, N, T]
 
-    def serve(self, state, events, candidates=None, timestamp=None):
+    def serve(self, state: HistoryState | None, events: Batch, candidates: torch.Tensor | None = None,
+              timestamp: int | torch.Tensor | None = None) -> tuple[HistoryState, torch.Tensor | None]:
         history = self.items(events.items) + self.embed_actions(events)  # e(i_j) + b(a_j), [1, M, D]
         targets = None if candidates is None else self.items(candidates)[None] + self.placeholder  # e(c) + b_∅, [1, K, D]
         _, encoder, states = self.encoder.serve(history, events.timestamps, state and state.encoder, targets=targets,
