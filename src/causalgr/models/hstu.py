@@ -52,8 +52,11 @@ class RelativeBias(nn.Module):
 
     def serving(self, timestamps: torch.Tensor) -> BiasTables:
         """The tables with a `blocks` memo for one serving call (`bias.block_bias`), holding already
-        the sums table, which depends on the weights alone: made again only when they change."""
+        the sums table, which depends on the weights alone: made again only when they change.
+        Under torch.export or torch.compile (no data pointers to key on) the call makes its own."""
         weights = (self.position.weight, self.time.weight)
+        if torch.compiler.is_compiling():
+            return BiasTables(*weights, timestamps, blocks={})
         version = tuple((w.data_ptr(), w._version) for w in weights)
         if getattr(self, "_sums", (None, None))[0] != version:
             (P, H), buckets = self.position.weight.shape, self.time.weight.shape[0]
@@ -164,7 +167,8 @@ class HSTUEncoder(nn.Module):
         ones → their states [1, M, D], exactly `forward`'s at those positions, and the cache with
         them appended. `cache` None starts an empty history."""
         first = self.layers[0]
-        cache = cache or EncoderCache.empty(len(self.layers), first.heads, first.action_value is not None, x)
+        if cache is None:  # not `cache or …`: an EncoderCache of no tokens is falsy (its len)
+            cache = EncoderCache.empty(len(self.layers), first.heads, first.action_value is not None, x)
         if x.shape[1] == 0:
             return self.norm(x), cache
         times = torch.cat([cache.timestamps, timestamps], dim=1)  # [1, L + M]
@@ -185,10 +189,11 @@ class HSTUEncoder(nn.Module):
         the targets' states [1, K, D] or None). With a fast engine and at most WARM_TOKENS new
         tokens, both go through each layer as one slab (`STULayer.warm`); otherwise in turn."""
         M, first = x.shape[1], self.layers[0]
-        if targets is None or M > WARM_TOKENS or first.engine == "reference":
+        if first.engine == "reference" or targets is None or M > WARM_TOKENS:  # M last: export keeps it symbolic
             h, cache = self.extend(x, timestamps, cache, actions)
             return h, cache, None if targets is None else self.targets(targets, timestamp, cache)
-        cache = cache or EncoderCache.empty(len(self.layers), first.heads, first.action_value is not None, x)
+        if cache is None:  # not `cache or …`: an EncoderCache of no tokens is falsy (its len)
+            cache = EncoderCache.empty(len(self.layers), first.heads, first.action_value is not None, x)
         times = torch.cat([cache.timestamps, timestamps], dim=1) if M else cache.timestamps  # [1, L + M]
         when = torch.as_tensor(timestamp, device=x.device).view(1, 1)
         bias = self.bias.serving(torch.cat([times, when], dim=1))  # [1, L + M + 1]: the targets' time last

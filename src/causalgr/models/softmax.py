@@ -111,7 +111,8 @@ class SoftmaxEncoder(nn.Module):
         ones → their states [1, M, D], exactly `forward`'s at those positions, and the cache with
         them appended. `cache` None starts an empty history."""
         first = self.layers[0]
-        cache = cache or EncoderCache.empty(len(self.layers), first.heads, first.action_value is not None, x)
+        if cache is None:  # not `cache or …`: an EncoderCache of no tokens is falsy (its len)
+            cache = EncoderCache.empty(len(self.layers), first.heads, first.action_value is not None, x)
         if x.shape[1] == 0:
             return self.norm(x), cache
         x = x + self.where_and_when(timestamps, cache.timestamps)
