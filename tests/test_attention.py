@@ -15,6 +15,7 @@ from causalgr.models.attention import (
     target_aware_softmax_attention,
     target_pointwise_attention,
     target_softmax_attention,
+    warm_pointwise_attention,
 )
 from causalgr.models.kernels import BiasTables, softmax_diagonal
 
@@ -234,3 +235,29 @@ def test_strict_pooling_after_the_keys(shape, seed):
     for i in range(K):
         queries = torch.cat([torch.zeros(B, H, L, d, dtype=q.dtype), q[:, :, i : i + 1]], dim=2)  # query i at L
         _close(reference[:, :, i], strict_pooling(queries, k, v, null_k, null_v, engine="reference")[:, :, L])
+
+
+@settings(max_examples=40, deadline=None)
+@given(shape=serving_shapes, new=st.integers(0, 4), seed=st.integers(0, 1000), mvp=st.booleans(),
+       wait=st.integers(0, 10**6))
+def test_warm_pointwise_attention(shape, new, seed, mvp, wait):
+    """A warm request's one slab (M new tokens after L cached, then K targets) equals its reference,
+    which is the continuation of the M new tokens followed by the K targets after all L + M keys —
+    with the new tokens' memo made and then reused, as a second layer does."""
+    B, H, L, K, d = shape
+    q = _leaves((B, H, new + K, d), seed=seed)[0].detach()
+    k, v, u = (t.detach() for t in _leaves(*[(B, H, L + new, d)] * 3, seed=seed + 1))
+    k_t, v_t = (t.detach() for t in _leaves(*[(B, H, K, d)] * 2, seed=seed + 2))
+    u = u if mvp else None
+    drawn = random_tables(B, H, L + new + 1, seed)  # the history's and new tokens' times, then the targets'
+    drawn.timestamps[:, -1] += wait
+    tables = BiasTables(drawn.position.detach(), drawn.time.detach(), drawn.timestamps, blocks={})
+    reference = warm_pointwise_attention(q, k_t, v_t, k, v, u, tables, new, engine="reference")
+    continued = pointwise_attention(q[:, :, :new], k, v, tables._replace(timestamps=tables.timestamps[:, :-1]), u,
+                                    engine="reference")
+    after = target_pointwise_attention(q[:, :, new:], k_t, v_t, k, v if u is None else v + u, tables, after=True,
+                                       engine="reference")
+    _close(reference, torch.cat([continued, after], dim=2))
+    _close(warm_pointwise_attention(q, k_t, v_t, k, v, u, tables, new), reference)
+    _close(warm_pointwise_attention(q.flip(-1), k_t, v_t, k, v, u, tables, new),  # the next layer: memo reused
+           warm_pointwise_attention(q.flip(-1), k_t, v_t, k, v, u, tables, new, engine="reference"))

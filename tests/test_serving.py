@@ -236,24 +236,24 @@ def test_two_thousand_candidates_go_through_one_history_pass_without_a_k_by_n_by
     K, N = 2_000, model.config.max_len - 1
     tokens = 2 * N if formulation == "interleaved" else N
     ranker = Ranker(model, candidates_per_pass=K)
-    calls = {"extend_history": [], "rank_candidates": [], "forward": []}
+    calls, forwards = [], []  # (events, candidates) of each `serve` call
     served = ranker.model
-    for name in ("extend_history", "rank_candidates"):
-        method = getattr(served, name)
-        setattr(served, name, lambda *args, method=method, name=name: calls[name].append(args) or method(*args))
-    served.register_forward_pre_hook(lambda module, args: calls["forward"].append(args))
+    serve = served.serve
+    served.serve = lambda state, events, candidates=None, timestamp=None: calls.append(
+        (events.items.shape[1], None if candidates is None else len(candidates))) or serve(state, events, candidates, timestamp)
+    served.register_forward_pre_hook(lambda module, args: forwards.append(args))
     history, candidates = events(N, 11), list(range(1, K + 1))
     with LargestTensor() as seen:
         probs = ranker.rank(**history, candidates=candidates, timestamp=last_time(history))
     assert probs.shape == (K, TASKS)
-    assert len(calls["extend_history"]) == 1 and len(calls["rank_candidates"]) == 1 and not calls["forward"]
+    assert calls == [(N, K)] and not forwards  # the history and the candidates, in one call
     assert seen.largest <= model.config.heads * K * (tokens + 1) < K * N * N / 30, seen.largest
     for k in (0, 1_234, 1_999):
         np.testing.assert_allclose(probs[k], model_says(model, history, candidates[k], last_time(history)), atol=ATOL, rtol=0)
     ranker.candidates_per_pass = 256
-    calls["rank_candidates"].clear()
+    calls.clear()
     in_passes = ranker.rank(**history, candidates=candidates, timestamp=last_time(history))
-    assert [len(args[1]) for args in calls["rank_candidates"]] == [256] * 7 + [208]
+    assert calls == [(N, None)] + [(0, 256)] * 7 + [(0, 208)]  # the history once, then the passes
     np.testing.assert_allclose(in_passes, probs, atol=ATOL, rtol=0)
 
 
@@ -361,3 +361,21 @@ def test_ranking_never_changes_the_cached_history(formulation, backbone):
     assert before.keys() == after.keys() == rebuilt.keys()
     for name in before:
         assert torch.equal(after[name], before[name]) and torch.equal(rebuilt[name], before[name]), name
+
+
+def test_the_bias_sums_kept_between_calls_follow_the_weights():
+    """HSTU keeps its position + time sums table between serving calls (`RelativeBias.serving`):
+    weights changed in place afterwards must reach the next answers, cold and warm."""
+    ranker = Ranker(make_model("lfa", "hstu", TASKS))
+    history, later = events(12, 31), events(1, 32, start=10**6)
+    timestamp = last_time(later) + 60
+    ranker.rank(**history, candidates=[3, 9], timestamp=timestamp)  # the table is made here
+    with torch.no_grad():
+        ranker.model.encoder.bias.time.weight.add_(0.5)
+        ranker.model.encoder.bias.position.weight.mul_(2.0)
+    ranker.observe("u", **history)  # after the change: its state is the new weights'
+    for probs in (ranker.rank(**joined(history, later), candidates=[3, 9], timestamp=timestamp),
+                  ranker.rank(user="u", **later, candidates=[3, 9], timestamp=timestamp)):
+        for k, c in enumerate([3, 9]):
+            want = model_says(ranker.model, joined(history, later), c, timestamp)
+            np.testing.assert_allclose(probs[k], want, atol=ATOL, rtol=0)

@@ -11,7 +11,8 @@ Four masks appear in causalgr (positions are 0-based, n = query, j = key):
 Serving (docs/serving.md) runs the same kernels in two more shapes, forward only: a
 *continuation*, whose queries are the last Lq of the L positions (new events after a cached
 history, which they see in full), and targets *after* the history (`after=True`): K candidates
-at position L, each seeing every history key and itself, never another candidate.
+at position L, each seeing every history key and itself, never another candidate. A warm
+request runs both at once (`warm_pointwise_attention`): a few new tokens, then the candidates.
 
 Each kernel takes the attention engine (`ModelConfig.attention`): "reference" is the readable
 version that materialises its masks; every other engine is an efficient one (SDPA's causal flag, the shift trick, the diagonal
@@ -27,7 +28,13 @@ import math
 import torch
 import torch.nn.functional as F
 
-from causalgr.models.kernels import BiasTables, blocked_after_forward, fast_pointwise_attention, softmax_diagonal
+from causalgr.models.kernels import (
+    BiasTables,
+    blocked_after_forward,
+    fast_pointwise_attention,
+    softmax_diagonal,
+    warm_forward,
+)
 from causalgr.models.kernels.blocked import block_rows
 from causalgr.models.timegaps import log_bucket
 
@@ -258,6 +265,30 @@ def target_pointwise_attention(
     own_bias = bias.position[0] + bias.time[0]  # [H]: distance 0, gap 0 (bucket 0)
     own = F.silu((q_t * k_t).sum(-1) / math.sqrt(dh) + own_bias[:, None])  # [B, H, K]
     return history + (own / count)[..., None] * v_t
+
+
+def warm_pointwise_attention(
+    q: torch.Tensor, k_t: torch.Tensor, v_t: torch.Tensor, k: torch.Tensor, v: torch.Tensor, u: torch.Tensor | None,
+    bias: BiasTables, new: int, *, engine: str = "auto",
+) -> torch.Tensor:
+    """A warm request in one call: M = `new` tokens continuing a history, then K targets after them.
+
+    q [B, H, M + K, dh]: the new tokens' queries (positions L..L + M − 1), then the targets'
+    (position L + M); k, v (, mvp's u) [B, H, L + M, dh]: the cached tokens', then the new ones';
+    k_t, v_t [B, H, K, dh]: the targets' own; bias.timestamps [B, L + M + 1], the targets' time last.
+    Exactly `pointwise_attention` for the new tokens (a continuation) followed by
+    `target_pointwise_attention(after=True)` for the targets, which see every key — mvp: with its
+    action value — and themselves. The fast engine is one slab per layer (`kernels.warm_forward`).
+    """
+    if engine == "reference":
+        S = k.shape[-2]
+        continued = pointwise_attention(q[:, :, :new], k, v, bias._replace(timestamps=bias.timestamps[:, :S]), u,
+                                        engine="reference")
+        history = v if u is None else v + u
+        after = target_pointwise_attention(q[:, :, new:], k_t, v_t, k, history, bias, after=True, engine="reference")
+        return torch.cat([continued, after], dim=2)
+    return warm_forward(q, k_t, v_t, k, v if u is None else v + u, None if u is None else u[:, :, k.shape[-2] - new :],
+                        bias, new)
 
 
 def strict_pooling(

@@ -44,21 +44,36 @@ class RankingModel(nn.Module):
     # Serving (docs/serving.md), eval mode only: the history once, then K candidates in one pass.
     # Together they must give exactly forward's logits at position N of history + (c, t).
 
-    def extend_history(self, state: HistoryState | None, events: Batch) -> HistoryState:
+    def serve(
+        self, state: HistoryState | None, events: Batch, candidates: torch.Tensor | None = None,
+        timestamp: int | torch.Tensor | None = None,
+    ) -> tuple[HistoryState, torch.Tensor | None]:
         """The cached history after appending `events` (one row, M ≥ 0 events, oldest first, not
-        before those of `state`) to `state` (None: an empty history). `state` is left as it was."""
+        before those of `state`) to `state` (None: an empty history) — `state` is left as it was —
+        and, given `candidates` [K] (dense item ids) and `timestamp` (an int or a 0-d long tensor,
+        which `causalgr.serving.export` traces as an input), logits [K, T]: row k is forward's at
+        position N of history + (candidates[k], timestamp). Candidates never see each other. The
+        new events and the candidates share the encoder's pass (its `serve`)."""
         raise NotImplementedError
 
+    def extend_history(self, state: HistoryState | None, events: Batch) -> HistoryState:
+        """`serve` without candidates: the cached history after `events`."""
+        return self.serve(state, events)[0]
+
     def rank_candidates(self, state: HistoryState, candidates: torch.Tensor, timestamp: int | torch.Tensor) -> torch.Tensor:
-        """Logits [K, T]: row k is forward's at position N of history + (candidates[k], timestamp),
-        where candidates [K] are dense item ids and `timestamp` an int or a 0-d long tensor
-        (`causalgr.serving.export` traces it as an input). Candidates never see each other."""
-        raise NotImplementedError
+        """`serve` without new events: the candidates' logits [K, T] after the cached history."""
+        return self.serve(state, no_events(len(self.config.tasks), candidates.device), candidates, timestamp)[1]
 
     def num_parameters(self, include_items: bool = True) -> int:
         """Parameter count; without the item table, the part that differs between formulations."""
         total = sum(p.numel() for p in self.parameters())
         return total if include_items else total - sum(p.numel() for p in self.items.parameters())
+
+
+def no_events(num_tasks: int, device: torch.device) -> Batch:
+    """A batch of one row and no events: `serve`'s `events` when a request brings none."""
+    none = torch.zeros(1, 0, dtype=torch.long, device=device)
+    return Batch(none, torch.zeros(1, 0, num_tasks, device=device), none, none, torch.zeros(1, dtype=torch.long, device=device))
 
 
 def _check_length(model: RankingModel, args: tuple) -> None:

@@ -48,6 +48,8 @@ class ActionPooling(nn.Module):
     def extend(self, cache: PoolingCache | None, h: torch.Tensor, actions: torch.Tensor) -> PoolingCache:
         """Serving: the keys k(h_j) and values W_v b(a_j) of new events (h, actions [1, M, D])
         appended to those of the cached ones."""
+        if cache is not None and h.shape[1] == 0:
+            return cache
         k, v = (split_heads(x, self.heads) for x in (self.key(h), self.value(actions)))  # [1, Hp, M, dh]
         return PoolingCache(k, v) if cache is None else PoolingCache(*(torch.cat(p, dim=2) for p in zip(cache, (k, v))))
 

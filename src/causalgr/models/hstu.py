@@ -7,7 +7,9 @@ per head. With `mvp=True` every layer also mixes action values u_j = W_a b(a_j) 
 the target-aware mask (`attention.target_aware_pointwise_attention`).
 
 Serving (`extend`, `targets`): the history's per-layer keys and values are kept in an
-`EncoderCache`; new tokens continue it, and K target tokens at position L read it.
+`EncoderCache`; new tokens continue it, and K target tokens at position L read it. `serve`
+does both; a warm request (a few new tokens, then the targets) runs them through each layer
+together: one projection and one attention slab (`attention.warm_pointwise_attention`).
 """
 
 from __future__ import annotations
@@ -16,11 +18,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from causalgr.models.attention import pointwise_attention, target_aware_pointwise_attention, target_pointwise_attention
+from causalgr.models.attention import (
+    pointwise_attention,
+    target_aware_pointwise_attention,
+    target_pointwise_attention,
+    warm_pointwise_attention,
+)
 from causalgr.models.cache import EncoderCache, LayerCache
 from causalgr.models.config import ModelConfig
 from causalgr.models.heads import merge_heads, split_heads
 from causalgr.models.kernels import BiasTables
+
+
+WARM_TOKENS = 32  # at most this many new tokens share a pass with the targets; more run blocked (`extend`)
 
 
 class RelativeBias(nn.Module):
@@ -39,6 +49,20 @@ class RelativeBias(nn.Module):
 
     def forward(self, timestamps: torch.Tensor) -> BiasTables:
         return BiasTables(self.position.weight, self.time.weight, timestamps)
+
+    def serving(self, timestamps: torch.Tensor) -> BiasTables:
+        """The tables with a `blocks` memo for one serving call (`bias.block_bias`), holding already
+        the sums table, which depends on the weights alone: made again only when they change.
+        Under torch.export or torch.compile (no data pointers to key on) the call makes its own."""
+        weights = (self.position.weight, self.time.weight)
+        if torch.compiler.is_compiling():
+            return BiasTables(*weights, timestamps, blocks={})
+        version = tuple((w.data_ptr(), w._version) for w in weights)
+        if getattr(self, "_sums", (None, None))[0] != version:
+            (P, H), buckets = self.position.weight.shape, self.time.weight.shape[0]
+            sums = (weights[0][:, None] + weights[1][None]).view(P * buckets, H).t()  # [H, P·Tb]
+            self._sums = version, sums.detach()
+        return BiasTables(*weights, timestamps, blocks={"sums": self._sums[1]})
 
 
 class STULayer(nn.Module):
@@ -80,6 +104,19 @@ class STULayer(nn.Module):
         history = cache.values if cache.actions is None else cache.values + cache.actions  # [1, H, L, dh]
         attended = target_pointwise_attention(q, k, v, cache.keys, history, bias, after=True, engine=self.engine)
         return self.output(x, attended, gate)
+
+    def warm(
+        self, x: torch.Tensor, bias: BiasTables, cache: LayerCache, actions: torch.Tensor | None, new: int
+    ) -> tuple[torch.Tensor, LayerCache]:
+        """`extend` of the first `new` tokens of x [1, M + K, D], then `targets` of the K after them,
+        in one projection and one attention slab. Returns all M + K outputs and the cache with the
+        M new tokens appended."""
+        gate, q, k, v = self.project(x)
+        if new:
+            cache = cache.append(k[:, :, :new], v[:, :, :new], self.action_values(actions))
+        attended = warm_pointwise_attention(q, k[:, :, new:], v[:, :, new:], cache.keys, cache.values, cache.actions,
+                                            bias, new, engine=self.engine)  # [1, H, M + K, dh]
+        return self.output(x, attended, gate), cache
 
     def project(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """x [B, L, D] → gate U [B, L, D] and q, k, v [B, H, L, dh]."""
@@ -130,22 +167,49 @@ class HSTUEncoder(nn.Module):
         ones → their states [1, M, D], exactly `forward`'s at those positions, and the cache with
         them appended. `cache` None starts an empty history."""
         first = self.layers[0]
-        cache = cache or EncoderCache.empty(len(self.layers), first.heads, first.action_value is not None, x)
+        if cache is None:  # not `cache or …`: an EncoderCache of no tokens is falsy (its len)
+            cache = EncoderCache.empty(len(self.layers), first.heads, first.action_value is not None, x)
         if x.shape[1] == 0:
             return self.norm(x), cache
         times = torch.cat([cache.timestamps, timestamps], dim=1)  # [1, L + M]
-        bias = self.bias(times)._replace(blocks={})  # each block's bias made once, for every layer
+        bias = self.bias.serving(times)  # each block's bias made once, for every layer
         layers = []
         for layer, layer_cache in zip(self.layers, cache.layers):
             x, layer_cache = layer.extend(x, bias, layer_cache, actions)
             layers.append(layer_cache)
         return self.norm(x), EncoderCache(tuple(layers), times)
 
+    def serve(
+        self, x: torch.Tensor, timestamps: torch.Tensor, cache: EncoderCache | None = None,
+        actions: torch.Tensor | None = None, targets: torch.Tensor | None = None,
+        timestamp: int | torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, EncoderCache, torch.Tensor | None]:
+        """Serving: `extend` by the new tokens x, then — with `targets` [1, K, D] at `timestamp` —
+        `targets` after the extended cache: (the new tokens' states [1, M, D], the extended cache,
+        the targets' states [1, K, D] or None). With a fast engine and at most WARM_TOKENS new
+        tokens, both go through each layer as one slab (`STULayer.warm`); otherwise in turn."""
+        M, first = x.shape[1], self.layers[0]
+        if first.engine == "reference" or targets is None or M > WARM_TOKENS:  # M last: export keeps it symbolic
+            h, cache = self.extend(x, timestamps, cache, actions)
+            return h, cache, None if targets is None else self.targets(targets, timestamp, cache)
+        if cache is None:  # not `cache or …`: an EncoderCache of no tokens is falsy (its len)
+            cache = EncoderCache.empty(len(self.layers), first.heads, first.action_value is not None, x)
+        times = torch.cat([cache.timestamps, timestamps], dim=1) if M else cache.timestamps  # [1, L + M]
+        when = torch.as_tensor(timestamp, device=x.device).view(1, 1)
+        bias = self.bias.serving(torch.cat([times, when], dim=1))  # [1, L + M + 1]: the targets' time last
+        x = torch.cat([x, targets], dim=1)  # [1, M + K, D]
+        layers = []
+        for layer, layer_cache in zip(self.layers, cache.layers):
+            x, layer_cache = layer.warm(x, bias, layer_cache, actions, M)
+            layers.append(layer_cache)
+        x = self.norm(x)
+        return x[:, :M], EncoderCache(tuple(layers), times), x[:, M:]
+
     def targets(self, x: torch.Tensor, timestamp: int | torch.Tensor, cache: EncoderCache) -> torch.Tensor:
         """Serving: K target tokens x [1, K, D] at position L and time `timestamp` → their states
         [1, K, D]. Each sees the L cached tokens and itself, never another target."""
         when = torch.as_tensor(timestamp, device=x.device).view(1, 1)  # an int, or a 0-d tensor under torch.export
-        bias = self.bias(torch.cat([cache.timestamps, when], dim=1))._replace(blocks={})  # [1, L + 1]: the targets' time last
+        bias = self.bias.serving(torch.cat([cache.timestamps, when], dim=1))  # [1, L + 1]: the targets' time last
         for layer, layer_cache in zip(self.layers, cache.layers):
             x = layer.targets(x, bias, layer_cache)
         return self.norm(x)

@@ -33,14 +33,13 @@ class Interleaved(RankingModel):
         states = self.encoder(self.input_dropout(tokens), times)  # [B, 2N, D]
         return self.head(states[:, 0::2])  # item tokens → [B, N, T]
 
-    def extend_history(self, state: HistoryState | None, events: Batch) -> HistoryState:
+    def serve(self, state: HistoryState | None, events: Batch, candidates: torch.Tensor | None = None,
+              timestamp: int | torch.Tensor | None = None) -> tuple[HistoryState, torch.Tensor | None]:
         M = events.items.shape[1]
         items, actions = self.items(events.items), self.embed_actions(events)  # [1, M, D]
         tokens = torch.stack([items, actions], dim=2).reshape(1, 2 * M, self.config.dim)  # [1, 2M, D]
         times = events.timestamps.repeat_interleave(2, dim=1)  # [1, 2M]
-        _, encoder = self.encoder.extend(tokens, times, state and state.encoder)  # [1, 2(N + M)] tokens cached
-        return HistoryState(encoder)
-
-    def rank_candidates(self, state: HistoryState, candidates: torch.Tensor, timestamp: int | torch.Tensor) -> torch.Tensor:
-        states = self.encoder.targets(self.items(candidates)[None], timestamp, state.encoder)  # [1, K, D]
-        return self.head(states[0])  # [K, T]
+        targets = None if candidates is None else self.items(candidates)[None]  # item tokens [1, K, D]
+        _, encoder, states = self.encoder.serve(tokens, times, state and state.encoder, targets=targets,
+                                                timestamp=timestamp)  # [1, 2(N + M)] tokens cached; [1, K, D]
+        return HistoryState(encoder), None if states is None else self.head(states[0])  # [K, T]

@@ -33,13 +33,13 @@ class Lagged(RankingModel):
         tokens = self.items(batch.items) + previous
         return self.head(self.encoder(self.input_dropout(tokens), batch.timestamps))  # [B, N, T]
 
-    def extend_history(self, state: HistoryState | None, events: Batch) -> HistoryState:
+    def serve(self, state: HistoryState | None, events: Batch, candidates: torch.Tensor | None = None,
+              timestamp: int | torch.Tensor | None = None) -> tuple[HistoryState, torch.Tensor | None]:
         last = self.start.view(1, 1, -1) if state is None else state.last_action  # b(a) before the new events
         actions = torch.cat([last, self.embed_actions(events)], dim=1)  # [1, 1 + M, D]
         tokens = self.items(events.items) + actions[:, :-1]  # e(i_n) + b(a_{n-1})
-        _, encoder = self.encoder.extend(tokens, events.timestamps, state and state.encoder)
-        return HistoryState(encoder, last_action=actions[:, -1:].clone())  # not a view: the cache counts D floats
-
-    def rank_candidates(self, state: HistoryState, candidates: torch.Tensor, timestamp: int | torch.Tensor) -> torch.Tensor:
-        tokens = self.items(candidates)[None] + state.last_action  # e(c) + b(a_N), [1, K, D]
-        return self.head(self.encoder.targets(tokens, timestamp, state.encoder)[0])  # [K, T]
+        targets = None if candidates is None else self.items(candidates)[None] + actions[:, -1:]  # e(c) + b(a_N), [1, K, D]
+        _, encoder, states = self.encoder.serve(tokens, events.timestamps, state and state.encoder, targets=targets,
+                                                timestamp=timestamp)
+        state = HistoryState(encoder, last_action=actions[:, -1:].clone())  # not a view: the cache counts D floats
+        return state, None if states is None else self.head(states[0])  # [K, T]

@@ -32,12 +32,13 @@ class LateFusion(RankingModel):
         pooled = self.pooling(h, self.embed_actions(batch))  # [B, N, D], actions j < n only
         return self.head(torch.cat([h, pooled], dim=-1))  # [B, N, T]
 
-    def extend_history(self, state: HistoryState | None, events: Batch) -> HistoryState:
-        h, encoder = self.encoder.extend(self.items(events.items), events.timestamps, state and state.encoder)  # [1, M, D]
-        pooling = self.pooling.extend(state and state.pooling, h, self.embed_actions(events))
-        return HistoryState(encoder, pooling)
-
-    def rank_candidates(self, state: HistoryState, candidates: torch.Tensor, timestamp: int | torch.Tensor) -> torch.Tensor:
-        h = self.encoder.targets(self.items(candidates)[None], timestamp, state.encoder)  # [1, K, D]
-        pooled = self.pooling.targets(h, state.pooling)  # [1, K, D], every history action
-        return self.head(torch.cat([h, pooled], dim=-1)[0])  # [K, T]
+    def serve(self, state: HistoryState | None, events: Batch, candidates: torch.Tensor | None = None,
+              timestamp: int | torch.Tensor | None = None) -> tuple[HistoryState, torch.Tensor | None]:
+        targets = None if candidates is None else self.items(candidates)[None]  # [1, K, D]
+        h, encoder, h_t = self.encoder.serve(self.items(events.items), events.timestamps, state and state.encoder,
+                                             targets=targets, timestamp=timestamp)  # [1, M, D], [1, K, D]
+        state = HistoryState(encoder, self.pooling.extend(state and state.pooling, h, self.embed_actions(events)))
+        if h_t is None:
+            return state, None
+        pooled = self.pooling.targets(h_t, state.pooling)  # [1, K, D], every history action
+        return state, self.head(torch.cat([h_t, pooled], dim=-1)[0])  # [K, T]

@@ -39,14 +39,16 @@ class MixedValuePooling(RankingModel):
             return self.head(h)  # [B, N, T]
         return self.head(torch.cat([h, self.pooling(h, actions)], dim=-1))
 
-    def extend_history(self, state: HistoryState | None, events: Batch) -> HistoryState:
+    def serve(self, state: HistoryState | None, events: Batch, candidates: torch.Tensor | None = None,
+              timestamp: int | torch.Tensor | None = None) -> tuple[HistoryState, torch.Tensor | None]:
         actions = self.embed_actions(events)  # [1, M, D]
-        h, encoder = self.encoder.extend(self.items(events.items), events.timestamps, state and state.encoder, actions)
+        targets = None if candidates is None else self.items(candidates)[None]  # [1, K, D]
+        h, encoder, h_t = self.encoder.serve(self.items(events.items), events.timestamps, state and state.encoder,
+                                             actions, targets, timestamp)  # [1, M, D], [1, K, D]
         pooling = None if self.pooling is None else self.pooling.extend(state and state.pooling, h, actions)
-        return HistoryState(encoder, pooling)
-
-    def rank_candidates(self, state: HistoryState, candidates: torch.Tensor, timestamp: int | torch.Tensor) -> torch.Tensor:
-        h = self.encoder.targets(self.items(candidates)[None], timestamp, state.encoder)  # [1, K, D]
+        state = HistoryState(encoder, pooling)
+        if h_t is None:
+            return state, None
         if self.pooling is None:
-            return self.head(h[0])  # [K, T]
-        return self.head(torch.cat([h, self.pooling.targets(h, state.pooling)], dim=-1)[0])
+            return state, self.head(h_t[0])  # [K, T]
+        return state, self.head(torch.cat([h_t, self.pooling.targets(h_t, pooling)], dim=-1)[0])

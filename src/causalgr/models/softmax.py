@@ -111,7 +111,8 @@ class SoftmaxEncoder(nn.Module):
         ones → their states [1, M, D], exactly `forward`'s at those positions, and the cache with
         them appended. `cache` None starts an empty history."""
         first = self.layers[0]
-        cache = cache or EncoderCache.empty(len(self.layers), first.heads, first.action_value is not None, x)
+        if cache is None:  # not `cache or …`: an EncoderCache of no tokens is falsy (its len)
+            cache = EncoderCache.empty(len(self.layers), first.heads, first.action_value is not None, x)
         if x.shape[1] == 0:
             return self.norm(x), cache
         x = x + self.where_and_when(timestamps, cache.timestamps)
@@ -120,6 +121,17 @@ class SoftmaxEncoder(nn.Module):
             x, layer_cache = layer.extend(x, layer_cache, actions)
             layers.append(layer_cache)
         return self.norm(x), EncoderCache(tuple(layers), torch.cat([cache.timestamps, timestamps], dim=1))
+
+    def serve(
+        self, x: torch.Tensor, timestamps: torch.Tensor, cache: EncoderCache | None = None,
+        actions: torch.Tensor | None = None, targets: torch.Tensor | None = None,
+        timestamp: int | torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, EncoderCache, torch.Tensor | None]:
+        """Serving: `extend` by the new tokens x, then — with `targets` [1, K, D] at `timestamp` —
+        `targets` after the extended cache: (the new tokens' states [1, M, D], the extended cache,
+        the targets' states [1, K, D] or None)."""
+        h, cache = self.extend(x, timestamps, cache, actions)
+        return h, cache, None if targets is None else self.targets(targets, timestamp, cache)
 
     def targets(self, x: torch.Tensor, timestamp: int | torch.Tensor, cache: EncoderCache) -> torch.Tensor:
         """Serving: K target tokens x [1, K, D] at position L and time `timestamp` → their states

@@ -37,11 +37,10 @@ class Summed(RankingModel):
         )  # [B, N, D] at the target tokens
         return self.head(states)  # [B, N, T]
 
-    def extend_history(self, state: HistoryState | None, events: Batch) -> HistoryState:
+    def serve(self, state: HistoryState | None, events: Batch, candidates: torch.Tensor | None = None,
+              timestamp: int | torch.Tensor | None = None) -> tuple[HistoryState, torch.Tensor | None]:
         history = self.items(events.items) + self.embed_actions(events)  # e(i_j) + b(a_j), [1, M, D]
-        _, encoder = self.encoder.extend(history, events.timestamps, state and state.encoder)
-        return HistoryState(encoder)
-
-    def rank_candidates(self, state: HistoryState, candidates: torch.Tensor, timestamp: int | torch.Tensor) -> torch.Tensor:
-        targets = self.items(candidates)[None] + self.placeholder  # e(c) + b_∅, [1, K, D]
-        return self.head(self.encoder.targets(targets, timestamp, state.encoder)[0])  # [K, T]
+        targets = None if candidates is None else self.items(candidates)[None] + self.placeholder  # e(c) + b_∅, [1, K, D]
+        _, encoder, states = self.encoder.serve(history, events.timestamps, state and state.encoder, targets=targets,
+                                                timestamp=timestamp)
+        return HistoryState(encoder), None if states is None else self.head(states[0])  # [K, T]

@@ -1,11 +1,11 @@
 """`Ranker`: P(task) for K candidate items after a user's history, exactly as the model says (docs/design.md §6).
 
 The answer for candidate c is the trained model's prediction at position N + 1 of the sequence
-`history + (c, t)`. The history goes through the model once (`RankingModel.extend_history`:
-each layer's keys and values, and the formulation's extras, kept per user by `observe`); the K
-candidates then go through in one target-aware pass (`RankingModel.rank_candidates`): each sees
-the history and itself, never another candidate, so an answer does not depend on the other
-candidates or their order. Cost O(N² + K·N) cold, O(K·N + new events · N) warm.
+`history + (c, t)`. The history goes through the model once (`RankingModel.serve`: each layer's
+keys and values, and the formulation's extras, kept per user by `observe`); the K candidates go
+through in one target-aware pass, beside the events given in the call: each sees the history and
+itself, never another candidate, so an answer does not depend on the other candidates or their
+order. Cost O(N² + K·N) cold, O(K·N + new events · N) warm.
 """
 
 from __future__ import annotations
@@ -118,7 +118,10 @@ class Ranker:
         if _count(candidates, "candidates") == 0:
             raise InvalidInput("candidates", "must list at least one item")
         dense, unknown_candidates = self.items.lookup(candidates)
-        probabilities = self._score(self._updated(cached, history, given).state, dense, timestamp)
+        if cached is not None and len(history) <= self.max_history:  # the cached state goes on with the given events
+            probabilities = self._score(cached.state, given, dense, timestamp)
+        else:  # cold, or the window slides: the whole (recent) history runs
+            probabilities = self._score(None, history.recent(self.max_history), dense, timestamp)
         return Ranking(probabilities, list(dict.fromkeys(unknown + unknown_candidates)))
 
     def observe(self, user: str | int, items: Sequence, timestamps: Sequence, labels: Sequence,
@@ -175,19 +178,23 @@ class Ranker:
     def _extend(self, state: HistoryState | None, events: History) -> HistoryState:
         batch = history_batch(events).to(self.device)
         with self._model_lock:
-            return self.model.extend_history(state, batch)
+            return self.model.serve(state, batch)[0]
 
-    def _score(self, state: HistoryState, candidates: np.ndarray, timestamp: int) -> np.ndarray:
-        # Each distinct candidate is scored once; repeats share its row.
-        distinct, where = np.unique(candidates, return_inverse=True)
-        parts = [self._rank(state, distinct[i : i + self.candidates_per_pass], timestamp)
+    def _score(self, state: HistoryState | None, events: History, candidates: np.ndarray, timestamp: int) -> np.ndarray:
+        """P(task) [K, T] for the candidates after `state` extended by `events` (not kept). One pass
+        runs the events with the candidates; more passes run the events first, once."""
+        distinct, where = np.unique(candidates, return_inverse=True)  # each distinct candidate scored once
+        if len(distinct) > self.candidates_per_pass:
+            state, events = self._extend(state, events), History.empty(len(self.tasks))
+        parts = [self._rank(state, events, distinct[i : i + self.candidates_per_pass], timestamp)
                  for i in range(0, len(distinct), self.candidates_per_pass)]
-        return np.concatenate(parts)[where.reshape(-1)]
+        return parts[0][where.reshape(-1)] if len(parts) == 1 else np.concatenate(parts)[where.reshape(-1)]
 
     @torch.inference_mode()
-    def _rank(self, state: HistoryState, candidates: np.ndarray, timestamp: int) -> np.ndarray:
+    def _rank(self, state: HistoryState | None, events: History, candidates: np.ndarray, timestamp: int) -> np.ndarray:
+        batch, candidates = history_batch(events).to(self.device), torch.from_numpy(candidates).to(self.device)
         with self._model_lock:
-            logits = self.model.rank_candidates(state, torch.from_numpy(candidates).to(self.device), timestamp)  # [K, T]
+            _, logits = self.model.serve(state, batch, candidates, timestamp)  # [K, T]
         return torch.sigmoid(logits.float()).cpu().numpy()
 
 

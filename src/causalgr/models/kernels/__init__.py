@@ -3,7 +3,7 @@ softmax diagonal weight that mvp's correction needs. `attention.py` holds the re
 references they are tested against."""
 
 from causalgr.models.kernels.bias import BiasTables
-from causalgr.models.kernels.blocked import blocked_after_forward
+from causalgr.models.kernels.blocked import blocked_after_forward, warm_forward
 from causalgr.models.kernels.pointwise import default_engine, fast_pointwise_attention, triton_available
 from causalgr.models.kernels.softmax_diagonal import softmax_diagonal
 
@@ -14,4 +14,5 @@ __all__ = [
     "fast_pointwise_attention",
     "softmax_diagonal",
     "triton_available",
+    "warm_forward",
 ]

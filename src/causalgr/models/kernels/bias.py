@@ -85,6 +85,36 @@ def block_bias(tables: BiasTables, start: int, stop: int, keys: int) -> torch.Te
     return memo[(start, stop, keys)]
 
 
+def warm_bias(tables: BiasTables, new: int, targets: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A warm request's rows (`blocked.warm_forward`), made once per call and memoised in
+    `tables.blocks`: M = `new` tokens at positions S − M..S − 1, then `targets` rows at position S
+    and time tables.timestamps[:, S], over the S = tables.timestamps.shape[1] − 1 keys. Returns the
+    rab [B·H, M + K, S] (one gather from the sums table, equal bit for bit to the reference's) and
+    the mask over the count, 1/(n + 1) where key j ≤ position n, else 0: [M + K, S] — the targets
+    share one row, made once; with no new tokens both come as that one row, to be broadcast — and
+    the rab of a target's own key, [H, 1]."""
+    memo = tables.blocks if tables.blocks is not None else {}
+    if ("warm", new, targets) not in memo:
+        (P, H), buckets = tables.position.shape, tables.time.shape[0]
+        if "sums" not in memo:
+            memo["sums"] = (tables.position[:, None] + tables.time[None]).view(P * buckets, H).t()  # [H, P·Tb]
+        (B, S), device = tables.timestamps[:, 1:].shape, tables.timestamps.device
+        positions = torch.arange(S - new, S + 1, device=device)  # [M + 1]: the new tokens', then the targets'
+        gaps = tables.timestamps[:, S - new :, None] - tables.timestamps[:, None, :S]  # [B, M + 1, S]
+        bucket = torch.bucketize(gaps, bucket_edges(buckets, device), right=True)
+        keys = torch.arange(S, device=device)
+        distance = (positions[:, None] - keys[None, :]).clamp_(0, P - 1)  # [M + 1, S]
+        bias = memo["sums"][:, distance * buckets + bucket].transpose(0, 1)  # [B, H, M + 1, S]
+        dtype = tables.position.dtype
+        over_count = (keys[None, :] <= positions[:, None]).to(dtype).div_((positions + 1).to(dtype)[:, None])
+        if new:  # the target row once per target: [M + K] rows
+            rows = torch.cat([torch.arange(new, device=device), torch.full((targets,), new, device=device)])
+            bias, over_count = bias.index_select(2, rows), over_count.index_select(0, rows)
+        own = (tables.position[0] + tables.time[0])[:, None]  # [H, 1]: a target's own key, distance 0 and gap 0
+        memo[("warm", new, targets)] = bias.reshape(B * H, bias.shape[2], S), over_count, own
+    return memo[("warm", new, targets)]
+
+
 def bias_table_grads(
     grad_scores: torch.Tensor, distance: torch.Tensor, bucket: torch.Tensor, position: torch.Tensor, time: torch.Tensor
 ) -> None:

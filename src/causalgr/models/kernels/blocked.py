@@ -8,10 +8,12 @@ position n from j < n only. A query block [start, stop) needs keys [0, stop) —
 above the diagonal are never computed. The backward recomputes each block's scores from q, k
 and the bias tables instead of storing them, so training memory stays linear in L too.
 
-Serving adds two forward-only shapes: the queries may be the last Lq of the L positions (new
-events continuing a cached history), and `blocked_after_forward` runs K target queries that
-all sit at position L, after every key (the ranker's candidates). Serving's tables carry a
-`blocks` memo (`bias.block_bias`): each block's bias is made once per call, for every layer.
+Serving adds three forward-only shapes: the queries may be the last Lq of the L positions (new
+events continuing a cached history), `blocked_after_forward` runs K target queries that
+all sit at position L, after every key (the ranker's candidates), and `warm_forward` runs a
+few new tokens and the targets after them as one slab (a warm request: one pass per layer).
+Serving's tables carry a `blocks` memo (`bias.block_bias`): each block's bias is made once
+per call, for every layer.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from causalgr.models.kernels.bias import (
     block_bias,
     distances,
     time_buckets,
+    warm_bias,
 )
 
 SLAB_ELEMENTS = 2**21  # 8 MB of float32 scores per block
@@ -108,6 +111,34 @@ def blocked_after_forward(
         scores.add_(bias)
         out[:, :, start:stop] = F.silu(scores, inplace=True).div_(L + 1) @ x
         del scores
+    return out
+
+
+def warm_forward(
+    q: torch.Tensor, k_t: torch.Tensor, v_t: torch.Tensor, k: torch.Tensor, x: torch.Tensor, y: torch.Tensor | None,
+    tables: BiasTables, new: int,
+) -> torch.Tensor:
+    """A warm request's one slab per layer: q [B, H, M + K, dh] holds M new tokens at positions
+    L..L + M − 1, then K targets at position L + M; k, x [B, H, L + M, dh] the cached keys and
+    values followed by the new tokens' (mvp: x = v + u, y [B, H, M, dh] the new tokens' u);
+    k_t, v_t [B, H, K, dh] the targets' own key and value; tables.timestamps [B, L + M + 1], the
+    targets' time last. New token n sees keys j ≤ n (u_j for j < n); a target sees every key
+    and itself. Equals `blocked_forward` for the new tokens, then `blocked_after_forward` plus the
+    own term (`attention.target_pointwise_attention`) for the targets: [B, H, M + K, dh].
+
+    The bias and the mask of the M + K rows are made once per call (`bias.warm_bias`) and shared
+    by the layers; the scores are one batched matmul with the bias as its addend.
+    """
+    B, H, R, dh = q.shape
+    S, scale = k.shape[-2], 1.0 / math.sqrt(dh)
+    bias, over_count, own_bias = warm_bias(tables, new, R - new)  # [B·H, M + K, S], [M + K, S], [H, 1]
+    scores = torch.baddbmm(bias, q.reshape(B * H, R, dh), k.reshape(B * H, S, dh).transpose(1, 2), alpha=scale)
+    weights = F.silu(scores, inplace=True).mul_(over_count).view(B, H, R, S)  # A, zero where masked
+    out = weights @ x  # [B, H, M + K, dh]
+    if y is not None and new:  # the new tokens' own action values: A_nn·u_n, which j < n forbids
+        out[:, :, :new] -= weights[..., :new, S - new :].diagonal(dim1=-2, dim2=-1)[..., None] * y
+    own = F.silu(torch.add(own_bias, (q[:, :, new:] * k_t).sum(-1), alpha=scale))  # [B, H, K]
+    out[:, :, new:].addcmul_(own.div_(S + 1)[..., None], v_t)  # + A(q_t, k_t)·v_t, the target's own term
     return out
 
 
