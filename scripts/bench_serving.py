@@ -11,7 +11,10 @@ export` package (torch.export, CPU, always cold: it holds no cache), exported on
 formulation and history length (seconds each); `--aoti` also its AOTInductor compilation
 (minutes each; needs a C++ compiler). `--http` serves the same model with `causalgr serve`'s
 app (uvicorn in a process of its own, 127.0.0.1, one torch thread) and sends it --repeats cold
-requests at concurrency 1 with the load test's client: p50 and p99 of the HTTP round trip.
+requests at concurrency 1 with the load test's client: p50 and p99 of the HTTP round trip; then the
+production-shaped warm requests: the user's N events posted once to `/v1/users/{user}/events`, then
+--repeats `/v1/rank` requests naming that user with one new event in `history` (concurrency 1,
+one kept-alive connection).
 
     .venv/bin/python scripts/bench_serving.py [--lengths 128,512,2048] [--candidates 10,100,1000]
         [--formulations interleaved,lfa,mvp,lagged,summed] [--backbone hstu] [--repeats 5] [--exported [--aoti]] [--http]
@@ -35,7 +38,7 @@ from causalgr import ModelConfig, build_model
 from causalgr.models import BACKBONES, FORMULATIONS
 from causalgr.serving import Ranker
 from causalgr.serving.export import export_ranker
-from causalgr.serving.loadtest import LoadTest, run_loadtest
+from causalgr.serving.loadtest import LoadTest, make_request, run_loadtest
 
 TASKS = ("click", "like", "share")
 
@@ -96,10 +99,10 @@ def main() -> None:
           f"median of {args.repeats} calls")
     print()
     extra = (" exported s | exported/cold |" * args.exported + " AOTInductor s | AOTInductor/cold |" * args.aoti
-             + " HTTP p50 s | HTTP p99 s |" * args.http)
+             + " HTTP p50 s | HTTP p99 s | HTTP warm p50 s | HTTP warm p99 s |" * args.http)
     print(f"| formulation | history N | K | cold s | cold p99 s | warm s | warm p99 s | cold/warm | candidates/s cold "
           f"| candidates/s warm |{extra}")
-    print("|---|---|---|---|---|---|---|---|---|---|" + "---|---|" * (args.exported + args.aoti + args.http))
+    print("|---|---|---|---|---|---|---|---|---|---|" + "---|---|" * (args.exported + args.aoti + 2 * args.http))
     folder = tempfile.TemporaryDirectory()
     for formulation in args.formulations.split(","):
         for length in lengths:
@@ -134,7 +137,8 @@ def main() -> None:
                     row += f" {seconds:.4f} | {seconds / cold:.2f}× |"
                 if server is not None:
                     p50, p99 = server.latency(length, k, args.repeats)
-                    row += f" {p50:.4f} | {p99:.4f} |"
+                    warm_p50, warm_p99 = server.warm_latency(length, k, args.repeats)
+                    row += f" {p50:.4f} | {p99:.4f} | {warm_p50:.4f} | {warm_p99:.4f} |"
                 print(row, flush=True)
             if server is not None:
                 server.close()
@@ -179,6 +183,20 @@ class HTTPServer:
         if not result.passed:
             raise SystemExit(f"HTTP load test failed: {result.summary()}")
         times = result.latencies_ms[1:] / 1000
+        return float(np.percentile(times, 50)), float(np.percentile(times, 99))
+
+    def warm_latency(self, history: int, candidates: int, requests: int) -> tuple[float, float]:
+        """p50 and p99 seconds of `requests` warm requests (after one warm-up), concurrency 1: a user's
+        `history` events observed once, then each request names the user and brings one new event."""
+        info = httpx.get(f"{self.url}/v1/model", timeout=10).json()
+        ids = [str(i) for i in range(1, info["num_items"] + 1)]  # the load test's ids
+        body = make_request(np.random.default_rng(history + candidates), ids, info, history + 1, candidates)
+        user = f"warm-{history}-{candidates}"
+        with httpx.Client(base_url=self.url, timeout=60) as client:
+            client.post(f"/v1/users/{user}/events", json={"events": body["history"][:-1]}).raise_for_status()
+            request = {"user": user, "history": body["history"][-1:], "candidates": body["candidates"],
+                       "timestamp": body["timestamp"]}
+            times = call_seconds(lambda: client.post("/v1/rank", json=request).raise_for_status(), requests)
         return float(np.percentile(times, 50)), float(np.percentile(times, 99))
 
     def close(self) -> None:

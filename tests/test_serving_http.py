@@ -143,6 +143,14 @@ def test_a_bad_rank_request_is_a_422_naming_the_field(client, item_ids, change, 
     assert response.json()["message"].startswith(".".join(map(str, location)))
 
 
+def test_a_malformed_body_is_one_422_at_the_body_that_does_not_echo_it(client):
+    for route in ("/v1/rank", "/v1/users/u9/events"):
+        response = client.post(route, content=b'{"candidates": ["secret", ', headers={"content-type": "application/json"})
+        assert response.status_code == 422, response.text
+        (error,) = response.json()["detail"]
+        assert error["type"] == "json_invalid" and error["loc"] == ["body"] and "secret" not in response.text
+
+
 def test_a_refused_event_post_is_a_422_and_caches_nothing(client, item_ids):
     events = [{"item": "1", "timestamp": 10}, {"item": "2", "timestamp": 5}]
     response = client.post("/v1/users/u8/events", json={"events": events})

@@ -43,10 +43,14 @@ class History:
 
     def then(self, later: History) -> History:
         """These events followed by `later`; `InvalidInput` if `later` starts before these end."""
+        self.check_followed_by(later)
+        return History(*(np.concatenate([a, b]) for a, b in zip(self.arrays(), later.arrays())))
+
+    def check_followed_by(self, later: History) -> None:
+        """`InvalidInput` if `later` starts before these events end (`then` without the copy)."""
         if len(self) and len(later) and later.timestamps[0] < self.timestamps[-1]:
             raise InvalidInput("timestamps", f"{later.timestamps[0]} is earlier than the last event already "
                                f"in the history ({self.timestamps[-1]}); events must come oldest first", 0)
-        return History(*(np.concatenate([a, b]) for a, b in zip(self.arrays(), later.arrays())))
 
     def recent(self, count: int) -> History:
         """The last `count` events (all of them when there are fewer)."""
@@ -69,12 +73,11 @@ def check_timestamps(values: object, field: str = "timestamps") -> np.ndarray:
         bad = np.flatnonzero(~np.isfinite(array) | (array != np.floor(array)))
         if bad.size:
             raise InvalidInput(field, f"{array[bad[0]]} is not a whole number of seconds", int(bad[0]))
-    negative = np.flatnonzero(array < 0)
-    if negative.size:
-        raise InvalidInput(field, f"{array[negative[0]]} is negative", int(negative[0]))
-    backwards = np.flatnonzero(np.diff(array) < 0)
-    if backwards.size:
-        n = int(backwards[0]) + 1
+    if array.size and array.min() < 0:  # the index only for a refused request
+        first = int(np.flatnonzero(array < 0)[0])
+        raise InvalidInput(field, f"{array[first]} is negative", first)
+    if array.size > 1 and (array[1:] < array[:-1]).any():
+        n = int(np.flatnonzero(array[1:] < array[:-1])[0]) + 1
         raise InvalidInput(field, f"{array[n]} is earlier than the event before it ({array[n - 1]}); "
                            "events must come oldest first", n)
     return array.astype(np.int64)
@@ -82,10 +85,13 @@ def check_timestamps(values: object, field: str = "timestamps") -> np.ndarray:
 
 def check_timestamp(value: object, history: History) -> int:
     """The request time: whole non-negative seconds, not before the last history event."""
-    try:
-        (timestamp,) = check_timestamps([value], "timestamp")
-    except InvalidInput as err:
-        raise InvalidInput("timestamp", err.message) from None
+    if type(value) is int and value >= 0:  # the usual case, without numpy (a bool is not an int here)
+        timestamp = value
+    else:
+        try:
+            (timestamp,) = check_timestamps([value], "timestamp")
+        except InvalidInput as err:
+            raise InvalidInput("timestamp", err.message) from None
     if len(history) and timestamp < history.timestamps[-1]:
         raise InvalidInput("timestamp", f"{timestamp} is earlier than the last history event ({history.timestamps[-1]})")
     return int(timestamp)

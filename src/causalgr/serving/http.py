@@ -22,7 +22,8 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, Field, StrictInt
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
+from pydantic_core import to_json
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from causalgr.serving.history import InvalidInput
@@ -94,8 +95,9 @@ def create_app(ranker: Ranker, limits: Limits = Limits()) -> FastAPI:
     def prometheus() -> Response:
         return Response(metrics.render(), media_type=metrics.content_type)
 
-    @app.post("/v1/rank")
-    async def rank(body: RankRequest) -> JSONResponse:
+    @app.post("/v1/rank", openapi_extra=_body_schema(RankRequest))
+    async def rank(request: Request) -> Response:
+        body = await _parsed(request, RankRequest)
         _check_count(["body", "candidates"], len(body.candidates), limits.max_candidates, "candidates")
         _check_count(["body", "history"], len(body.history), limits.max_history_events, "history events")
         try:
@@ -106,13 +108,14 @@ def create_app(ranker: Ranker, limits: Limits = Limits()) -> FastAPI:
         except InvalidInput as err:
             raise _unprocessable(_location(err, "history"), err.message) from None
         rows = result.probabilities.tolist()
-        return JSONResponse({  # a Response is sent as it is: no second pass of FastAPI's encoder over K rows
+        return Response(to_json({  # sent as it is: no second pass of FastAPI's encoder over K rows
             "candidates": [{"item": c, "probabilities": dict(zip(ranker.tasks, p))} for c, p in zip(body.candidates, rows)],
             "unknown_items": result.unknown_items,
-        })
+        }), media_type="application/json")
 
-    @app.post("/v1/users/{user}/events")
-    async def observe(user: str, body: EventsRequest) -> dict:
+    @app.post("/v1/users/{user}/events", openapi_extra=_body_schema(EventsRequest))
+    async def observe(user: str, request: Request) -> dict:
+        body = await _parsed(request, EventsRequest)
         _check_count(["body", "events"], len(body.events), limits.max_history_events, "events")
         try:
             unknown = await run_in_threadpool(ranker.observe, user, **_event_arrays(body.events, ranker.tasks, "events"))
@@ -123,17 +126,31 @@ def create_app(ranker: Ranker, limits: Limits = Limits()) -> FastAPI:
     return app
 
 
+async def _parsed(request: Request, model: type[BaseModel]) -> BaseModel:
+    """The body validated as `model` straight from its JSON bytes (pydantic's parser, no dict of the
+    whole body in between); otherwise a 422 in FastAPI's shape, each location under "body"."""
+    try:
+        return model.model_validate_json(await request.body())
+    except ValidationError as err:  # malformed JSON: its input is the whole body, not echoed back
+        raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} if e["type"] != "json_invalid" else
+                                      {k: v for k, v in e.items() if k != "input"} | {"loc": ("body",)}
+                                      for e in err.errors(include_url=False)]) from None
+
+
+def _body_schema(model: type[BaseModel]) -> dict:
+    """The OpenAPI request body of a route that parses `model` itself (`_parsed`)."""
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": model.model_json_schema()}}}}
+
+
 def _event_arrays(events: list[Event], tasks: tuple[str, ...], where: str) -> dict:
     """The ranker's history arguments from request events; 422 for an action naming no task."""
-    column = {task: t for t, task in enumerate(tasks)}
-    labels = np.zeros((len(events), len(tasks)), dtype=np.float32)
-    for n, event in enumerate(events):
-        for task, value in event.actions.items():
-            if task not in column:
-                raise _unprocessable(["body", where, n, "actions", task], f"unknown task; the model's tasks are {', '.join(tasks)}")
-            labels[n, column[task]] = value
-    return dict(items=[e.item for e in events], timestamps=[e.timestamp for e in events], labels=labels,
-                action_values=[e.action_value for e in events])
+    named = set().union(*(e.actions for e in events))
+    if not named.issubset(tasks):  # only then find the first event at fault
+        n, task = next((n, task) for n, e in enumerate(events) for task in e.actions if task not in tasks)
+        raise _unprocessable(["body", where, n, "actions", task], f"unknown task; the model's tasks are {', '.join(tasks)}")
+    labels = np.array([[e.actions.get(task, 0) for task in tasks] for e in events], dtype=np.float32)
+    return dict(items=[e.item for e in events], timestamps=[e.timestamp for e in events],
+                labels=labels.reshape(len(events), len(tasks)), action_values=[e.action_value for e in events])
 
 
 def _location(err: InvalidInput, events: str) -> list:

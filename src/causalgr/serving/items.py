@@ -40,12 +40,14 @@ class ItemIndex:
     def lookup(self, items: Iterable[object]) -> tuple[np.ndarray, list[object]]:
         """(dense ids int64 [N], the unknown ids in the order given, repeats kept once)."""
         items = list(items)
-        dense = np.fromiter((self._one(i) for i in items), dtype=np.int64, count=len(items))
+        dense = np.fromiter(map(self._one, items), dtype=np.int64, count=len(items))
         unknown = dict.fromkeys(_listable(i) for i, d in zip(items, dense) if d == self.unknown)
         return dense, list(unknown)
 
     def _one(self, item: object) -> int:
         if self.ids is not None:
+            if type(item) is str:  # the usual case first
+                return self.ids.get(item, self.unknown)
             key = str(item) if isinstance(item, (str, int, np.integer)) and not isinstance(item, bool) else None
             return self.ids.get(key, self.unknown) if key is not None else self.unknown
         if isinstance(item, (int, np.integer)) and not isinstance(item, bool) and 1 <= item <= self.num_items:

@@ -113,15 +113,16 @@ class Ranker:
         """`rank`'s probabilities and the ids of this request the model does not know."""
         given, unknown = self._events(items, timestamps, labels, action_values)
         cached = self.cache.get(_user_key(user)) if user is not None else None
-        history = self._cached_events(cached).then(given)
-        timestamp = check_timestamp(timestamp, history)
+        past = self._cached_events(cached)
+        past.check_followed_by(given)
+        timestamp = check_timestamp(timestamp, given if len(given) else past)
         if _count(candidates, "candidates") == 0:
             raise InvalidInput("candidates", "must list at least one item")
         dense, unknown_candidates = self.items.lookup(candidates)
-        if cached is not None and len(history) <= self.max_history:  # the cached state goes on with the given events
+        if cached is not None and len(past) + len(given) <= self.max_history:  # the cached state goes on with the given events
             probabilities = self._score(cached.state, given, dense, timestamp)
         else:  # cold, or the window slides: the whole (recent) history runs
-            probabilities = self._score(None, history.recent(self.max_history), dense, timestamp)
+            probabilities = self._score(None, past.then(given).recent(self.max_history), dense, timestamp)
         return Ranking(probabilities, list(dict.fromkeys(unknown + unknown_candidates)))
 
     def observe(self, user: str | int, items: Sequence, timestamps: Sequence, labels: Sequence,
@@ -176,7 +177,7 @@ class Ranker:
 
     @torch.inference_mode()
     def _extend(self, state: HistoryState | None, events: History) -> HistoryState:
-        batch = history_batch(events).to(self.device)
+        batch = history_batch(events, self.device)
         with self._model_lock:
             return self.model.serve(state, batch)[0]
 
@@ -192,21 +193,17 @@ class Ranker:
 
     @torch.inference_mode()
     def _rank(self, state: HistoryState | None, events: History, candidates: np.ndarray, timestamp: int) -> np.ndarray:
-        batch, candidates = history_batch(events).to(self.device), torch.from_numpy(candidates).to(self.device)
+        batch, candidates = history_batch(events, self.device), torch.as_tensor(candidates, device=self.device)
         with self._model_lock:
             _, logits = self.model.serve(state, batch, candidates, timestamp)  # [K, T]
         return torch.sigmoid(logits.float()).cpu().numpy()
 
 
-def history_batch(history: History) -> Batch:
-    """The history as a batch of one row [1, N]."""
-    return Batch(
-        items=torch.from_numpy(history.items)[None],
-        labels=torch.from_numpy(history.labels)[None],
-        action_values=torch.from_numpy(history.action_values)[None],
-        timestamps=torch.from_numpy(history.timestamps)[None],
-        lengths=torch.tensor([len(history)]),
-    )
+def history_batch(history: History, device: torch.device | str = "cpu") -> Batch:
+    """The history as a batch of one row [1, N] on `device` (on the CPU: the arrays' own memory)."""
+    items, timestamps, labels, action_values = (torch.as_tensor(a, device=device)[None] for a in history.arrays())
+    return Batch(items=items, labels=labels, action_values=action_values, timestamps=timestamps,
+                 lengths=torch.tensor([len(history)], device=device))
 
 
 def read_item_index(data: Path, num_items: int) -> ItemIndex:
