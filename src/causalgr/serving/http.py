@@ -131,10 +131,15 @@ async def _parsed(request: Request, model: type[BaseModel]) -> BaseModel:
     whole body in between); otherwise a 422 in FastAPI's shape, each location under "body"."""
     try:
         return model.model_validate_json(await request.body())
-    except ValidationError as err:  # malformed JSON: its input is the whole body, not echoed back
-        raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} if e["type"] != "json_invalid" else
-                                      {k: v for k, v in e.items() if k != "input"} | {"loc": ("body",)}
-                                      for e in err.errors(include_url=False)]) from None
+    except ValidationError as err:
+        raise RequestValidationError([_under_body(e) for e in err.errors(include_url=False)]) from None
+
+
+def _under_body(error: dict) -> dict:
+    """A pydantic error located under "body"; malformed JSON's input (the whole body) not echoed."""
+    if error["type"] == "json_invalid":
+        return {k: v for k, v in error.items() if k != "input"} | {"loc": ("body",)}
+    return {**error, "loc": ("body", *error["loc"])}
 
 
 def _body_schema(model: type[BaseModel]) -> dict:
