@@ -113,8 +113,9 @@ def build_sequences(
     copies: dict[str, int] = {}
     if events.drop_duplicates:
         first = first_copies(frame)
-        _count(copies, DROP_DUPLICATE, frame.height - int(first.sum()))
-        frame = frame.filter(first)
+        if first is not None:
+            _count(copies, DROP_DUPLICATE, frame.height - int(first.sum()))
+            frame = frame.filter(first)
     has_values = "action_value" in frame.columns
     has_probs = all(f"prob_{t}" in frame.columns for t in tasks) and len(tasks) > 0
 
@@ -192,10 +193,27 @@ def build_sequences(
     return data, item_ids, user_ids
 
 
-def first_copies(frame: pl.DataFrame) -> pl.Series:
+def first_copies(frame: pl.DataFrame) -> pl.Series | None:
     """True at the first of the rows equal in every column of `frame` (in its order), false at
-    their later copies: one event logged twice."""
-    return frame.select(pl.struct(pl.all()).is_first_distinct()).to_series()
+    their later copies (one event logged twice); None when no row repeats.
+
+    Row hashes find the candidates cheaply (a sort of 10M u64 takes well under a second); only
+    rows whose hash repeats are compared in full, so hash collisions never drop a row.
+    """
+    if frame.height < 2:
+        return None
+    hashes = frame.hash_rows()
+    ordered = hashes.sort()
+    later = ordered.slice(1)
+    repeated = later.filter(later == ordered.slice(0, len(ordered) - 1))
+    if repeated.is_empty():
+        return None
+    candidates = hashes.is_in(repeated.unique().implode())
+    distinct = frame.filter(candidates).select(pl.struct(pl.all()).is_first_distinct()).to_series()
+    if distinct.all():
+        return None
+    first = pl.repeat(True, frame.height, eager=True)
+    return first.scatter(candidates.arg_true().filter(~distinct), False)
 
 
 def truncate_and_split(

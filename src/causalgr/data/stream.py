@@ -254,7 +254,7 @@ def _user_frames(runs: _Runs, chunk_events: int, drop_duplicates: bool, copies: 
         )
         if drop_duplicates:
             first = first_copies(frame.drop("_row"))
-            if not first.all():
+            if first is not None:
                 copies[DROP_DUPLICATE] = copies.get(DROP_DUPLICATE, 0) + frame.height - int(first.sum())
                 frame = frame.filter(first)
         yield frame.drop("timestamp_ms", strict=False)
