@@ -60,11 +60,16 @@ class EventTable:
                 held += part.height
                 frame = frame.slice(part.height)
                 if held == rows:
-                    yield pl.concat(pending)
-                    pending, held = [], 0
+                    chunk, pending, held = _joined(pending), [], 0  # the parts go before the chunk is used
+                    yield chunk
         if held:
-            yield pl.concat(pending)
+            yield _joined(pending)
 
     def collect(self) -> pl.DataFrame:
         """Every row in one frame (a chunked table is read to the end)."""
         return self.frame if self.frame is not None else pl.concat(list(self.chunks()))
+
+
+def _joined(frames: list[pl.DataFrame]) -> pl.DataFrame:
+    """The frames one after another (a single frame as it is, not copied)."""
+    return frames[0] if len(frames) == 1 else pl.concat(frames)
