@@ -239,7 +239,9 @@ def load_source(
     time_format: str | None = None,
     include_random: bool = False,
 ) -> EventTable:
-    """Read `source` into the canonical `EventTable` (original row order, drops counted).
+    """The canonical `EventTable` of `source`: its files and their columns are checked now, their
+    rows read batch by batch whenever its chunks are read (original row order; `dropped` counted
+    as they go; repeated rows left to the preparation, `drop_duplicates`).
 
     `path` is the file or folder of a named source (`ml-100k` is fetched when it is None);
     `recbole:` and `table:` carry their path in the name. `tasks` overrides a named source's
@@ -355,7 +357,8 @@ def _sha256(files: Sequence[Path]) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# Reading files: every text file is read as strings, so a bad value can be traced to its line
+# Reading files, batch by batch: every text file is read as strings, so a bad value can be traced
+# to its line
 
 
 def _movielens(read: Callable[[Path, _Layout], _Batches]) -> Callable[[Path, _Layout], _Batches]:
