@@ -7,11 +7,15 @@ Each step runs in a process of its own, so its peak RSS is its own (`os.wait4`):
   the generator never holds them all;
 - `prepare`: that file, read in Arrow record batches, through `prepare_stream` (what
   `causalgr data prepare` runs after reading a source);
+- `table`: `causalgr data prepare table:<that file>` (tasks click, like, share; action value),
+  the command itself reading the source;
+- `ml20m`: the events as an ml-20m `ratings.csv` (written in the step `ratings`; half stars:
+  rating = action value − click / 2), through `causalgr data prepare ml-20m`;
 - `synth`: `causalgr data synth` with about N events (users × --events-mean);
 - `loader`: rank 0 of --ranks reading its share of the `prepare` output
   (`load_prepared(share=…)`) and building every training batch of one epoch.
 
-    .venv/bin/python scripts/bench_prepare.py --events 10000000 --work /tmp/bench [--steps generate,prepare,synth,loader]
+    .venv/bin/python scripts/bench_prepare.py --events 10000000 --work /tmp/bench [--steps generate,prepare,table,ratings,ml20m,synth,loader]
 """
 
 from __future__ import annotations
@@ -78,6 +82,20 @@ def step_prepare(events_file: Path, out: Path, max_len: int, split: str, chunk_e
     prepare_stream(events, out, PrepareSettings(max_len=max_len, split=split), chunk_events=chunk_events or CHUNK_EVENTS)
 
 
+def write_ratings_csv(events_file: Path, path: Path) -> None:
+    """The events as GroupLens ml-20m `ratings.csv`, written chunk by chunk."""
+    import polars as pl
+
+    with open(path, "w") as out:
+        out.write("userId,movieId,rating,timestamp\n")
+        for chunk in parquet_chunks(events_file):
+            ratings = chunk.select(
+                pl.col("user_id").alias("userId"), pl.col("item_id").alias("movieId"),
+                (pl.col("action_value") - pl.col("click") / 2).alias("rating"), "timestamp",
+            )  # fmt: skip
+            ratings.write_csv(out, include_header=False)
+
+
 def parquet_chunks(path: Path) -> Iterator[pl.DataFrame]:
     """The rows of a Parquet file as frames of at most `_CHUNK` rows, holding one at a time.
 
@@ -139,12 +157,16 @@ def main() -> None:
     args = parser.parse_args()
     users = args.users or max(1, args.events // 50)
     events_file, prepared, synth = args.work / "events.parquet", args.work / "prepared", args.work / "synth"
+    ratings = args.work / "ratings.csv"
 
     if args.step == "generate":
         write_random_events(events_file, args.events, users, args.items, args.seed)
         return
     if args.step == "prepare":
         step_prepare(events_file, prepared, args.max_len, args.split, args.chunk_events)
+        return
+    if args.step == "ratings":
+        write_ratings_csv(events_file, ratings)
         return
     if args.step == "loader":
         print(json.dumps(step_loader(prepared, 0, args.ranks)))
@@ -158,9 +180,18 @@ def main() -> None:
     results: dict = {"events": args.events, "users": users, "split": args.split, "max_len": args.max_len,
                      "chunk_events": args.chunk_events}
     steps = args.steps.split(",")
+    prepare = [sys.executable, "-m", "causalgr.cli", "data", "prepare", "--max-len", str(args.max_len), "--split", args.split]
+    sources = {
+        "table": [f"table:{events_file}", *(f"--task={task}" for task in TASKS), "--action-value-col", "action_value"],
+        "ml20m": ["ml-20m", "--path", str(ratings)],
+    }
     try:
         for step in steps:
-            if step == "synth":
+            if step in sources:  # `causalgr data prepare` reading the source itself
+                out = args.work / f"prepared-{step}"
+                results[step] = run_step([*prepare, *sources[step], "--out", str(out)])
+                shutil.rmtree(out, ignore_errors=True)
+            elif step == "synth":
                 mean = args.events / users
                 argv = [sys.executable, "-m", "causalgr.cli", "data", "synth", "--out", str(synth),
                         "--users", str(users), "--items", str(min(args.items, 20_000)), "--events-mean", str(mean),

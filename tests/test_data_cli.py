@@ -173,3 +173,23 @@ def test_bad_data_gives_one_error_line_and_exit_code_2(tmp_path):
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [f"error: {bad}: line 2, column 2 (item_id): 'ten' is not an integer id"]
     assert "Traceback" not in done.stderr
+
+
+def test_a_bad_row_past_the_first_block_gives_one_error_line_and_exit_code_2(tmp_path):
+    """The source is read while preparing, block by block: a row that contradicts the first rows'
+    integer ids, 100,000 lines (1.5 MB, past pyarrow's first block) in, is still one line naming it."""
+    table = tmp_path / "t.csv"
+    table.write_text("user_id,item_id,timestamp,y\n" + "".join(f"{k % 97},{k % 13},{k},1\n" for k in range(100_000)) + "u7,3,1,0\n")
+    out = tmp_path / "p"
+    done = subprocess.run(
+        [sys.executable, "-m", "causalgr.cli", "data", "prepare", f"table:{table}", "--task", "y", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        f"error: {table}: line 100002, column 'user_id': 'u7' is not an integer id, as the ids of the first rows were "
+        "(a column's ids are read as integers or as tokens, decided on its first rows)"
+    ]
+    assert list(out.iterdir()) == []  # nothing half-written

@@ -46,7 +46,7 @@ def test_fetch_gives_a_verified_file_and_the_second_call_stays_offline(ml100k, c
 
 def test_ml100k_events_users_items_and_task_rates(ml100k):
     events = load_source("ml-100k", ml100k)
-    frame = events.frame
+    frame = events.collect()
     assert frame.height == EVENTS
     assert frame["user_id"].n_unique() == USERS
     assert frame["item_id"].n_unique() == ITEMS

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import causalgr.data.prepared as prepared
+import causalgr.data.sources as sources
 from causalgr.data.errors import DataError
 from causalgr.data.events import EventTable
 from causalgr.data.loader import SequenceLoader
@@ -20,6 +22,7 @@ from causalgr.data.sequences import PrepareSettings, prepare
 from causalgr.data.sources import load_source
 from causalgr.data.stream import prepare_stream
 from causalgr.data.synth import SynthSettings, generate, synthetic_events
+from source_cases import CASES, EXPECTED, digest, prepare_case, write_sources
 
 FILES = (EVENTS, ITEM_IDS, USER_IDS, USER_EVENTS)
 
@@ -69,11 +72,11 @@ def test_streaming_equals_in_memory_on_real_formats(tmp_path, small_row_groups, 
     rng = np.random.default_rng(0)
     udata = _udata(tmp_path / "u.data", rng)
     events = load_source("ml-100k", udata)
-    assert events.dropped == {"duplicate row": 1}
     settings = PrepareSettings(max_len=12, split=split)
     prepare(events, tmp_path / "memory", settings)
     prepare_stream(events, tmp_path / "stream", settings, chunk_events=50)
     assert_same_folder(tmp_path / "memory", tmp_path / "stream")
+    assert json.loads((tmp_path / "stream" / META).read_text())["dropped"]["duplicate row"] == 1
 
     # string tokens (table: CSV) and a Parquet table
     frame = pl.read_csv(udata, separator="\t", has_header=False, new_columns=["user_id", "item_id", "rating", "timestamp"])
@@ -85,6 +88,63 @@ def test_streaming_equals_in_memory_on_real_formats(tmp_path, small_row_groups, 
         prepare(events, tmp_path / f"memory-{name}", settings)
         prepare_stream(events, tmp_path / f"stream-{name}", settings, chunk_events=64)
         assert_same_folder(tmp_path / f"memory-{name}", tmp_path / f"stream-{name}")
+
+
+@pytest.fixture(scope="module")
+def source_files(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("sources")
+    write_sources(folder)
+    return folder
+
+
+@pytest.mark.parametrize("reading", ["batches", "small batches", "in memory"])
+@pytest.mark.parametrize("case", CASES)
+def test_each_source_format_prepares_as_the_whole_file_reader_did(source_files, tmp_path, monkeypatch, case, reading):
+    """Same Parquet contents, meta.json (statistics, drops, cache key) and row groups as the reader
+    that held the whole file: read in its batches, in batches of a few rows (every decision of
+    the first rows carried over, copies of a row in other batches and runs), or collected whole."""
+    monkeypatch.chdir(source_files)
+    if reading == "small batches":
+        monkeypatch.setattr(sources, "BLOCK_BYTES", 300)  # 3 to 10 lines
+        monkeypatch.setattr(sources, "BATCH_ROWS", 7)
+    if reading == "in memory":
+        source, path, options, settings = CASES[case]
+        prepare(load_source(source, path, **options), tmp_path, PrepareSettings(**settings))
+        got = digest(tmp_path)
+    else:
+        got = prepare_case(case, tmp_path)
+    assert got == json.loads(EXPECTED.read_text())[case]
+
+
+def _allocated_while_reading(events: EventTable) -> list[int]:
+    """pyarrow's allocated bytes after each chunk of `events` is read, above those before."""
+    before, held = pa.total_allocated_bytes(), []
+    for chunk in events.chunks():
+        held.append(pa.total_allocated_bytes() - before)
+        del chunk
+    return held
+
+
+def test_a_source_is_read_holding_a_bounded_part_of_it(tmp_path, monkeypatch):
+    """The reader holds the batch it reads and a bounded readahead, not the file: pyarrow's
+    Parquet reader with its default pre-buffering would hold every row group read."""
+    rng = np.random.default_rng(0)
+    rows = 400_000
+    frame = pl.DataFrame({"userId": rng.integers(0, 2**62, rows), "movieId": rng.integers(0, 2**62, rows),
+                          "rating": rng.integers(1, 6, rows) / 1.0, "timestamp": rng.integers(0, 2**62, rows)})  # fmt: skip
+    frame.write_csv(tmp_path / "ratings.csv")
+    monkeypatch.setattr(sources, "BLOCK_BYTES", 1 << 16)
+    held = _allocated_while_reading(load_source("ml-20m", tmp_path / "ratings.csv"))
+    size = (tmp_path / "ratings.csv").stat().st_size
+    assert size > 300 * sources.BLOCK_BYTES
+    assert max(held) < 48 * sources.BLOCK_BYTES < size / 6, [round(h / sources.BLOCK_BYTES, 1) for h in held]
+
+    table = frame.rename({"userId": "user_id", "movieId": "item_id"}).with_columns(y=pl.lit(1)).to_arrow()
+    pq.write_table(table, tmp_path / "t.parquet", row_group_size=10_000)
+    monkeypatch.setattr(sources, "BATCH_ROWS", 10_000)
+    held = _allocated_while_reading(load_source(f"table:{tmp_path / 't.parquet'}", tasks=["y"]))
+    group_bytes = table.nbytes // 40
+    assert len(held) == 40 and max(held) < 8 * group_bytes, [round(h / group_bytes, 1) for h in held]
 
 
 def test_streaming_reuses_its_cache(tmp_path):

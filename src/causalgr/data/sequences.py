@@ -4,7 +4,8 @@
 (`causalgr.data.cache`), or builds the sequences with `build_sequences` and saves them. The
 steps of `build_sequences`, in order:
 
-1. check the table (required columns, integer timestamps, no nulls, labels in {0, 1});
+1. check the table (required columns, integer timestamps, no nulls, labels in {0, 1}); on a
+   table marked `drop_duplicates` (a read source) keep the first of rows equal in every column;
 2. sort each user's events by (timestamp, original row order), so ties keep the source order;
 3. keep the most recent `max_len` events of every user (older rows are dropped and counted);
 4. split: per user by position (`split="user"`), or by two global time cut-offs
@@ -42,6 +43,7 @@ log = logging.getLogger(__name__)
 
 DROP_TRUNCATED = "older than the most recent max_len events of the user"
 DROP_NO_TRAIN = "user has no training event before valid_start (time split)"
+DROP_DUPLICATE = "duplicate row"
 
 # floor(frac * n) computed in floating point can land just below an integer (0.29 * 100 =
 # 28.999…); this nudge makes the count the one a reader would compute by hand.
@@ -107,7 +109,13 @@ def build_sequences(
     """
     settings = settings or PrepareSettings()
     tasks = tuple(events.tasks)
-    frame = checked_frame(events.frame, events.source, tasks)
+    frame = checked_frame(events.collect(), events.source, tasks)
+    copies: dict[str, int] = {}
+    if events.drop_duplicates:
+        first = first_copies(frame)
+        if first is not None:
+            _count(copies, DROP_DUPLICATE, frame.height - int(first.sum()))
+            frame = frame.filter(first)
     has_values = "action_value" in frame.columns
     has_probs = all(f"prob_{t}" in frame.columns for t in tasks) and len(tasks) > 0
 
@@ -125,6 +133,7 @@ def build_sequences(
     if settings.split == "time":
         cutoffs = time_cutoffs(settings, events.source, lambda q: int(frame["timestamp"].quantile(q, interpolation="nearest")))
     keep, split, dropped, orphan_users = truncate_and_split(user, timestamps, settings, cutoffs)
+    dropped = {**copies, **dropped}
     counts = np.bincount(user)
     if not keep.any():
         raise DataError(f"{events.source}: no events left after truncation and splitting ({dropped})")
@@ -182,6 +191,29 @@ def build_sequences(
         "items": int(item_code.max()),
     }
     return data, item_ids, user_ids
+
+
+def first_copies(frame: pl.DataFrame) -> pl.Series | None:
+    """True at the first of the rows equal in every column of `frame` (in its order), false at
+    their later copies (one event logged twice); None when no row repeats.
+
+    Row hashes find the candidates cheaply (a sort of 10M u64 takes well under a second); only
+    rows whose hash repeats are compared in full, so hash collisions never drop a row.
+    """
+    if frame.height < 2:
+        return None
+    hashes = frame.hash_rows()
+    ordered = hashes.sort()
+    later = ordered.slice(1)
+    repeated = later.filter(later == ordered.slice(0, len(ordered) - 1))
+    if repeated.is_empty():
+        return None
+    candidates = hashes.is_in(repeated.unique().implode())
+    distinct = frame.filter(candidates).select(pl.struct(pl.all()).is_first_distinct()).to_series()
+    if distinct.all():
+        return None
+    first = pl.repeat(True, frame.height, eager=True)
+    return first.scatter(candidates.arg_true().filter(~distinct), False)
 
 
 def truncate_and_split(
@@ -292,6 +324,8 @@ def checked_frame(frame: pl.DataFrame, source: str, tasks: tuple[str, ...], firs
     optional = ["action_value"] if "action_value" in frame.columns else []
     if tasks and all(f"prob_{t}" in frame.columns for t in tasks):
         optional += [f"prob_{t}" for t in tasks]
+    if "timestamp_ms" in frame.columns:
+        optional.append("timestamp_ms")
     frame = frame.select(required + optional)
     nulls = frame.null_count().row(0, named=True)
     for column in required + [c for c in optional if c != "action_value"]:
@@ -361,6 +395,7 @@ __all__ = [
     "PrepareSettings",
     "build_sequences",
     "prepare",
+    "DROP_DUPLICATE",
     "DROP_TRUNCATED",
     "DROP_NO_TRAIN",
 ]

@@ -1,7 +1,10 @@
 """Source files → the canonical event table (docs/design.md §3).
 
-`load_source(source, path)` reads one supported format and returns an `EventTable` whose rows
-keep the file's original order. Sources:
+`load_source(source, path)` checks one supported format (the files, their columns) and returns an
+`EventTable` that reads it in batches when its chunks are read, rows in the file's original order,
+never holding more than a few batches of the file: text files through pyarrow's streaming CSV
+reader (blocks of `BLOCK_BYTES`), Parquet through pyarrow's batch reader without pre-buffering
+(`BATCH_ROWS` rows). `EventTable.collect()` gives every row in one frame. Sources:
 
 - `ml-100k`: GroupLens `u.data` (tab-separated `user item rating timestamp`, no header) or RecBole
   `ml-100k.inter`; with no path it is fetched (`causalgr.data.fetch.fetch_ml100k`).
@@ -32,34 +35,48 @@ UTC unless they carry an offset; Parquet date/datetime columns are taken as they
 Ids: MovieLens and KuaiRand ids must be integers. `recbole:`/`table:` ids are tokens: they stay
 strings unless every value is a plain integer (then int64).
 
+**The first rows decide** what the whole file cannot be read for at once: whether a token column
+holds integers, and whether a text time column holds numbers or date-times (and, inferred, in
+which format) — the first batch of the read, so all of a small file. A later row that contradicts
+the decision is an error naming its line, never a silent change of type.
+
 Bad input raises `DataError` with one line naming the file, the place and the column. The place
 is `line N` — the 1-based line of a text file, header included, assuming one record per line —
-or `row N` — the 1-based row of a Parquet file. Rows are dropped only for these reasons, each
-counted in `EventTable.dropped`:
+or `row N` — the 1-based row of a Parquet file. Text files must be UTF-8. Rows are dropped only
+for these reasons, each counted in `EventTable.dropped` as the file is read:
 
 - `blank line` (`empty row` in Parquet): every used column empty;
-- `missing <column>`: no value in a task's column — the event has no known outcome to learn;
-- `duplicate row`: the same user, item, source timestamp, labels and action value as an earlier
-  row — one event logged twice, which would otherwise let the copy see its own label.
+- `missing <column>`: no value in a task's column — the event has no known outcome to learn.
 
-A missing or malformed id or timestamp is an error, not a drop: the event cannot be placed.
+A missing or malformed id or timestamp is an error, not a drop: the event cannot be placed. A row
+that repeats an earlier one (same user, item, source timestamp, labels and action value) is one
+event logged twice, which would otherwise let the copy see its own label: the table is marked
+`drop_duplicates`, and the preparation drops the copies where a user's events come together
+(counted as `duplicate row`). KuaiRand's rows carry `timestamp_ms` for it: two events in the same
+second are two events.
 """
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import re
-from collections import Counter
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 
 import polars as pl
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
 
 from causalgr.data import fetch
 from causalgr.data.errors import DataError
 from causalgr.data.events import EventTable
+
+BLOCK_BYTES = 1 << 20  # a text file is read in blocks of this many bytes (pyarrow's default)
+BATCH_ROWS = 1 << 16  # a Parquet file in batches of this many rows (pyarrow's default)
 
 MOVIELENS_TASKS = ("like=rating>=4", "love=rating==5", "dislike=rating<=2")
 KUAIRAND_TASKS = (
@@ -148,7 +165,8 @@ class _Layout:
 
 @dataclass
 class _Raw:
-    """The used columns of one file, under their layout names, plus `_row` (0-based data row)."""
+    """One batch of a read file: its used columns under their layout names, plus `_row` (0-based
+    data row of the file)."""
 
     frame: pl.DataFrame
     file: Path
@@ -169,6 +187,18 @@ class _Raw:
         raise DataError(f"{self.where(position, column)}: {problem.format(value=repr(value))}")
 
 
+# A file checked and ready: called, it reads the file's batches (again at every call).
+_Batches = Callable[[], Iterator[_Raw]]
+
+
+@dataclass
+class _Decisions:
+    """What the first rows of a read decided for all of it (module docstring); later rows must agree."""
+
+    integer_ids: dict[str, bool] = field(default_factory=dict)  # token column → read as int64
+    first_time: str | None = None  # the first text timestamp: numbers or date-times, and their format
+
+
 @dataclass(frozen=True)
 class _Source:
     """How one source is read: its entry in `_SOURCES` is all a new source needs."""
@@ -176,7 +206,7 @@ class _Source:
     layout: _Layout  # its columns; the tasks come from the caller or `default_tasks`
     default_tasks: tuple[str, ...]  # empty: the caller must name the tasks
     find: Callable[[Path, bool], list[Path]]  # (path, include_random) → the files to read
-    read: Callable[[Path, _Layout], _Raw]  # one file
+    read: Callable[[Path, _Layout], _Batches]  # checks one file, returns its reader
     fetch: Callable[[], Path] | None = None  # where a copy comes from when no path is given
     path_hint: str = ""  # what the path should be, for the error when none is given
     mapped: bool = False  # named "name:<path>", read with the caller's column mapping (`_MAPPING_OPTIONS`)
@@ -209,7 +239,9 @@ def load_source(
     time_format: str | None = None,
     include_random: bool = False,
 ) -> EventTable:
-    """Read `source` into the canonical `EventTable` (original row order, drops counted).
+    """The canonical `EventTable` of `source`: its files and their columns are checked now, their
+    rows read batch by batch whenever its chunks are read (original row order; `dropped` counted
+    as they go; repeated rows left to the preparation, `drop_duplicates`).
 
     `path` is the file or folder of a named source (`ml-100k` is fetched when it is None);
     `recbole:` and `table:` carry their path in the name. `tasks` overrides a named source's
@@ -245,8 +277,20 @@ def load_source(
     if path is None:
         path = entry.fetch()
     files = entry.find(Path(path), include_random)
+    readers = [entry.read(file, layout) for file in files]  # each file's columns are checked now
     read_options = {**given, **({"include_random": True} if include_random else {})}
-    return _finish([entry.read(file, layout) for file in files], layout, source, files, read_options)
+    dropped: dict[str, int] = {}
+    return EventTable(
+        frame=None,
+        chunks=partial(_read_events, readers, layout, files, dropped),
+        tasks=tuple(t.name for t in layout.tasks),
+        source=source,
+        sha256=_sha256(files),
+        dropped=dropped,
+        task_definitions={t.name: t.definition for t in layout.tasks},
+        read_options=read_options,
+        drop_duplicates=True,
+    )
 
 
 def _task_specs(tasks: Sequence[str] | None, default: Sequence[str] | None, source: str) -> tuple[TaskSpec, ...]:
@@ -310,34 +354,46 @@ def _sha256(files: Sequence[Path]) -> str:
     return digest.hexdigest()
 
 
+
+
 # ---------------------------------------------------------------------------------------------
-# Reading files: every text file is read as strings, so a bad value can be traced to its line
+# Reading files, batch by batch: every text file is read as strings, so a bad value can be traced
+# to its line
 
 
-def _movielens(read: Callable[[Path, _Layout], _Raw]) -> Callable[[Path, _Layout], _Raw]:
+def _movielens(read: Callable[[Path, _Layout], _Batches]) -> Callable[[Path, _Layout], _Batches]:
     """`read`, or for the RecBole atomic version of the file (a `name:type` header) `_read_atomic`."""
     return lambda file, layout: _read_atomic(file, layout) if _looks_atomic(file) else read(file, layout)
 
 
-def _read_udata(file: Path, layout: _Layout) -> _Raw:
+def _read_udata(file: Path, layout: _Layout) -> _Batches:
     fields = ["user_id", "item_id", "rating", "timestamp"]
     return _read_text(file, layout, separator="\t", quote_char=None, names=fields)
 
 
-def _read_ratings_csv(file: Path, layout: _Layout) -> _Raw:
+def _read_ratings_csv(file: Path, layout: _Layout) -> _Batches:
     header = {"userId": "user_id", "movieId": "item_id", "rating": "rating", "timestamp": "timestamp"}
     return _read_text(file, layout, separator=",", quote_char='"', rename=header)
 
 
-def _read_ratings_dat(file: Path, layout: _Layout) -> _Raw:
+_DAT_FIELDS = ["user_id", "_sep1", "item_id", "_sep2", "rating", "_sep3", "timestamp"]
+_DAT_RECORD = "UserID::MovieID::Rating::Timestamp"
+
+
+def _read_ratings_dat(file: Path, layout: _Layout) -> _Batches:
     # ratings.dat separates fields by "::"; read on ":" and every second field must stay empty.
-    spaced = ["user_id", "_sep1", "item_id", "_sep2", "rating", "_sep3", "timestamp"]
-    raw = _read_text(file, layout, separator=":", quote_char=None, names=spaced, keep=["_sep1", "_sep2", "_sep3"])
+    batches = _read_text(file, layout, separator=":", quote_char=None, names=_DAT_FIELDS, keep=_DAT_FIELDS[1::2],
+                         record=_DAT_RECORD)
+    return lambda: map(_double_colons, batches())
+
+
+def _double_colons(raw: _Raw) -> _Raw:
+    """A batch of ratings.dat without its empty fields, after an error for any single ':'."""
     for k in (1, 3, 5):
-        raw.labels[spaced[k]] = f"{k + 1} (between {spaced[k - 1]} and {spaced[k + 1]})"
-    for sep in ("_sep1", "_sep2", "_sep3"):
-        raw.fail(raw.frame[sep].is_not_null(), sep, "expected UserID::MovieID::Rating::Timestamp, found a single ':'")
-    raw.frame = raw.frame.drop("_sep1", "_sep2", "_sep3")
+        raw.labels[_DAT_FIELDS[k]] = f"{k + 1} (between {_DAT_FIELDS[k - 1]} and {_DAT_FIELDS[k + 1]})"
+    for sep in _DAT_FIELDS[1::2]:
+        raw.fail(raw.frame[sep].is_not_null(), sep, f"expected {_DAT_RECORD}, found a single ':'")
+    raw.frame = raw.frame.drop(_DAT_FIELDS[1::2])
     return raw
 
 
@@ -349,20 +405,20 @@ def _looks_atomic(file: Path) -> bool:
     return bool(first) and all(re.fullmatch(r"[^:]+:[a-z_]+", f) for f in fields)
 
 
-def _read_atomic(file: Path, layout: _Layout) -> _Raw:
+def _read_atomic(file: Path, layout: _Layout) -> _Batches:
     header = _header(file, separator="\t", quote_char=None)
     rename = {}
-    for position, field in enumerate(header, start=1):
-        name, colon, kind = field.partition(":")
+    for position, field_ in enumerate(header, start=1):
+        name, colon, kind = field_.partition(":")
         if not colon or not name or not kind:
-            raise DataError(f"{file}: line 1, column {position}: {field!r} is not a RecBole header field (name:type)")
+            raise DataError(f"{file}: line 1, column {position}: {field_!r} is not a RecBole header field (name:type)")
         if name in rename.values():
             raise DataError(f"{file}: line 1: column {name!r} appears twice")
-        rename[field] = name
+        rename[field_] = name
     return _read_text(file, layout, separator="\t", quote_char=None, rename=rename, header=header)
 
 
-def _read_table(file: Path, layout: _Layout) -> _Raw:
+def _read_table(file: Path, layout: _Layout) -> _Batches:
     suffix = file.suffix.lower()
     if suffix in (".parquet", ".pq"):
         return _read_parquet(file, layout)
@@ -373,14 +429,17 @@ def _read_table(file: Path, layout: _Layout) -> _Raw:
 
 
 def _header(file: Path, *, separator: str, quote_char: str | None) -> list[str]:
-    try:
-        return pl.read_csv(
-            file, separator=separator, quote_char=quote_char, n_rows=0, infer_schema=False, encoding="utf8-lossy"
-        ).columns
-    except pl.exceptions.NoDataError:
-        raise DataError(f"{file}: empty file") from None
-    except (pl.exceptions.PolarsError, OSError) as err:
-        raise DataError(f"{file}: cannot read the header: {_first_line(err)}") from None
+    """The fields of a text file's first line."""
+    if file.stat().st_size == 0:
+        raise DataError(f"{file}: empty file")
+    with open(file, encoding="utf-8-sig", errors="replace", newline="") as handle:
+        return next(_fields([handle.readline()], separator, quote_char), [])
+
+
+def _fields(lines: Iterator[str] | list[str], separator: str, quote_char: str | None) -> Iterator[list[str]]:
+    """Each line split into its fields the way the reader splits them (for the header and for errors)."""
+    quoting = {"quoting": csv.QUOTE_NONE} if quote_char is None else {"quotechar": quote_char}
+    return csv.reader(lines, delimiter=separator, **quoting)
 
 
 def _missing_column(file: Path, column: str, found: Sequence[str]) -> DataError:
@@ -397,83 +456,121 @@ def _read_text(
     rename: dict[str, str] | None = None,
     header: list[str] | None = None,
     keep: Sequence[str] = (),
-) -> _Raw:
-    """Read the used columns of a delimited text file as strings.
+    record: str | None = None,
+) -> _Batches:
+    """Check a delimited text file's columns and return the reader of its used columns, as strings.
 
     Headerless files give `names` (every field, in order); files with a header give `rename`
-    (file name → layout name; absent names are kept as they are).
+    (file name → layout name; absent names are kept as they are). `record` shows a line's layout
+    in the error for a line with too few or too many fields (default: the count of fields).
     """
     if file.stat().st_size == 0:
         raise DataError(f"{file}: empty file")
     wanted = layout.columns
     if names is not None:
         labels = {name: f"{i} ({name})" for i, name in enumerate(names, start=1)}
-        options = dict(has_header=False, new_columns=names)
+        to_layout = {name: name for name in names if name in wanted or name in keep}
         first_line = 1
     else:
         header = header if header is not None else _header(file, separator=separator, quote_char=quote_char)
-        to_layout = {field: (rename or {}).get(field, field) for field in header}
-        in_file = {name: field for field, name in to_layout.items()}
+        all_names = {field_: (rename or {}).get(field_, field_) for field_ in header}
+        in_file = {name: field_ for field_, name in all_names.items()}
         for column in wanted:
             if column not in in_file:
-                expected = {name: field for field, name in (rename or {}).items()}.get(column, column)
+                expected = {name: field_ for field_, name in (rename or {}).items()}.get(column, column)
                 raise _missing_column(file, expected, header)
-        chosen = [field for field, name in to_layout.items() if name in wanted]
-        labels = {to_layout[field]: repr(field) for field in chosen}
-        options = dict(has_header=True, columns=chosen)
+        to_layout = {field_: name for field_, name in all_names.items() if name in wanted}
+        labels = {name: repr(field_) for field_, name in to_layout.items()}
         first_line = 2
-    try:
-        frame = pl.read_csv(
-            file,
-            separator=separator,
-            quote_char=quote_char,
-            infer_schema=False,
-            encoding="utf8-lossy",
-            **options,
-        )
-    except pl.exceptions.NoDataError:
-        raise DataError(f"{file}: empty file") from None
-    except (pl.exceptions.PolarsError, OSError) as err:
-        fields = len(names) if names is not None else len(header or [])
-        line = _ragged_line(file, separator, fields, skip=first_line - 1)
-        if line is not None:
-            raise DataError(f"{file}: line {line[0]}: {line[1]} fields, expected {fields}") from None
-        raise DataError(f"{file}: cannot read: {_first_line(err)}") from None
-    if names is None:
-        frame = frame.rename({field: to_layout[field] for field in frame.columns})
-    else:
-        frame = frame.select([name for name in names if name in wanted or name in keep])
-    if frame.height == 0:
-        raise DataError(f"{file}: no data rows")
-    return _Raw(frame=frame.with_row_index("_row"), file=file, first_line=first_line, labels=labels)
+    fields = len(names) if names is not None else len(header)
+    return _TextFile(file, separator, quote_char, names, to_layout, first_line, fields, record, labels).batches
 
 
-def _read_parquet(file: Path, layout: _Layout) -> _Raw:
+@dataclass(frozen=True)
+class _TextFile:
+    """A checked delimited text file: how its lines split, and which fields are read as what."""
+
+    file: Path
+    separator: str
+    quote_char: str | None
+    names: list[str] | None  # every field, when the file has no header
+    to_layout: dict[str, str]  # file field → layout name, for the fields read
+    first_line: int  # the line of data row 0
+    fields: int  # fields in a line
+    record: str | None  # a line's layout, for the error on a line of other fields
+    labels: dict[str, str]  # layout name → how messages call it
+
+    def batches(self) -> Iterator[_Raw]:
+        """The fields read, as strings, a block of `BLOCK_BYTES` at a time.
+
+        pyarrow's streaming reader holds a bounded number of blocks, the one being parsed and
+        those it has read ahead (about 35 in `tests/test_stream.py`), on one thread: a second one
+        made it slower on two cores. Only an empty field is missing (as when the files were read
+        whole), and a blank line is a row of missing values, so that rows stay lines.
+        """
+        columns = list(self.to_layout)
+        read = pacsv.ReadOptions(block_size=BLOCK_BYTES, column_names=self.names, use_threads=False)
+        parse = pacsv.ParseOptions(delimiter=self.separator, quote_char=self.quote_char or False, ignore_empty_lines=False)
+        convert = pacsv.ConvertOptions(
+            include_columns=columns, column_types=dict.fromkeys(columns, pa.string()), null_values=[""],
+            strings_can_be_null=True, quoted_strings_can_be_null=False,
+        )  # fmt: skip
+        rows = 0
+        try:
+            for batch in pacsv.open_csv(self.file, read_options=read, parse_options=parse, convert_options=convert):
+                frame = pl.from_arrow(batch).select(pl.col(field_).alias(name) for field_, name in self.to_layout.items())
+                yield _Raw(frame.with_row_index("_row", offset=rows), self.file, self.first_line, self.labels)
+                rows += batch.num_rows
+        except (pa.ArrowInvalid, OSError) as err:
+            raise DataError(f"{self.file}: {self.bad_line() or 'cannot read: ' + _first_line(err)}") from None
+        if rows == 0:
+            raise DataError(f"{self.file}: no data rows")
+
+    def bad_line(self) -> str | None:
+        """Where the file leaves its layout of one record per line (looked for only when pyarrow
+        refused it): `line N: K fields, expected F` (or `expected <record>`), `line N: not UTF-8 text`."""
+        with open(self.file, "rb") as handle:
+            for number, line in enumerate(handle, start=1):
+                try:
+                    text = line.decode("utf-8")
+                except UnicodeDecodeError:
+                    return f"line {number}: not UTF-8 text"
+                if number < self.first_line or not text.strip("\r\n"):
+                    continue
+                found = len(next(_fields([text], self.separator, self.quote_char)))
+                if found != self.fields:
+                    return f"line {number}: " + (f"expected {self.record}" if self.record else f"{found} fields, expected {self.fields}")
+        return None
+
+
+def _read_parquet(file: Path, layout: _Layout) -> _Batches:
+    """Check a Parquet file's columns and return the reader of its used columns."""
     try:
-        found = list(pl.read_parquet_schema(file))
-    except (pl.exceptions.PolarsError, OSError) as err:
+        found = pq.read_schema(file).names
+    except (pa.ArrowException, OSError) as err:
         raise DataError(f"{file}: not a readable Parquet file: {_first_line(err)}") from None
     for column in layout.columns:
         if column not in found:
             raise _missing_column(file, column, found)
+    return partial(_parquet_batches, file, layout.columns)
+
+
+def _parquet_batches(file: Path, columns: list[str]) -> Iterator[_Raw]:
+    """The `columns` of a Parquet file, `BATCH_ROWS` rows at a time.
+
+    Read without pyarrow's pre-buffering, which reads the row groups' raw bytes ahead and keeps
+    them all until the last batch (docs/distributed.md, "Data at scale, measured")."""
+    labels = {c: repr(c) for c in columns}
+    rows = 0
     try:
-        frame = pl.read_parquet(file, columns=layout.columns)
-    except (pl.exceptions.PolarsError, OSError) as err:
+        for batch in pq.ParquetFile(file, pre_buffer=False).iter_batches(batch_size=BATCH_ROWS, columns=columns):
+            frame = pl.from_arrow(batch).select(columns)
+            yield _Raw(frame.with_row_index("_row", offset=rows), file, None, labels)
+            rows += batch.num_rows
+    except (pa.ArrowException, OSError) as err:
         raise DataError(f"{file}: cannot read: {_first_line(err)}") from None
-    if frame.height == 0:
+    if rows == 0:
         raise DataError(f"{file}: no data rows")
-    labels = {c: repr(c) for c in frame.columns}
-    return _Raw(frame=frame.with_row_index("_row"), file=file, first_line=None, labels=labels)
-
-
-def _ragged_line(file: Path, separator: str, fields: int, skip: int) -> tuple[int, int] | None:
-    """The first line with more fields than `fields` (only read when polars refused the file)."""
-    sep = separator.encode()
-    with open(file, "rb") as handle:
-        for number, line in enumerate(handle, start=1):
-            if number > skip and line.count(sep) + 1 > fields:
-                return number, line.count(sep) + 1
-    return None
 
 
 def _first_line(err: BaseException) -> str:
@@ -524,61 +621,36 @@ SOURCES = tuple(f"{name}:<path>" if entry.mapped else name for name, entry in _S
 # Raw columns → canonical columns
 
 
-def _finish(
-    raws: list[_Raw], layout: _Layout, source: str, files: Sequence[Path], read_options: dict[str, str | bool]
-) -> EventTable:
-    dropped: Counter[str] = Counter()
-    frames = [_events(raw, layout, dropped) for raw in raws]
-    frame = pl.concat(frames, how="vertical") if len(frames) > 1 else frames[0]
-    first = _first_occurrences(frame.drop("timestamp"))
-    if first is not None:
-        dropped["duplicate row"] += frame.height - int(first.sum())
-        frame = frame.filter(first)
-    frame = frame.drop("_time_raw")
-    if frame.height == 0:
+def _read_events(
+    readers: list[_Batches], layout: _Layout, files: Sequence[Path], dropped: dict[str, int]
+) -> Iterator[pl.DataFrame]:
+    """The files' rows in canonical columns, batch by batch in file order; `dropped` counts the
+    rows left out (complete once the last batch is read)."""
+    dropped.clear()
+    decisions = _Decisions()
+    events = 0
+    for read in readers:
+        for raw in read():
+            frame = _events(raw, layout, decisions, dropped)
+            if frame is not None:
+                events += frame.height
+                yield frame
+    if events == 0:
         reasons = ", ".join(f"{n} {r}" for r, n in dropped.items())
         raise DataError(f"{', '.join(str(f) for f in files)}: no events left ({reasons})")
-    return EventTable(
-        frame=frame,
-        tasks=tuple(t.name for t in layout.tasks),
-        source=source,
-        sha256=_sha256(files),
-        dropped=dict(dropped),
-        task_definitions={t.name: t.definition for t in layout.tasks},
-        read_options=read_options,
-    )
 
 
-def _first_occurrences(frame: pl.DataFrame) -> pl.Series | None:
-    """True at each row's first exact occurrence, or None when no row repeats.
-
-    Row hashes find the candidates cheaply (a sort of 10M u64 takes well under a second); only
-    rows whose hash repeats are compared in full, so hash collisions never drop a row.
-    """
-    if frame.height < 2:
-        return None
-    hashes = frame.hash_rows()
-    ordered = hashes.sort()
-    later = ordered.slice(1)
-    repeated = later.filter(later == ordered.slice(0, len(ordered) - 1))
-    if repeated.is_empty():
-        return None
-    candidates = hashes.is_in(repeated.unique().implode())
-    subset = frame.filter(candidates)
-    distinct = subset.select(pl.struct(pl.all()).is_first_distinct()).to_series()
-    if distinct.all():
-        return None
-    first = pl.repeat(True, frame.height, eager=True)
-    return first.scatter(candidates.arg_true().filter(~distinct), False)
+def _count(dropped: dict[str, int], reason: str, rows: int) -> None:
+    if rows:
+        dropped[reason] = dropped.get(reason, 0) + rows
 
 
-def _events(raw: _Raw, layout: _Layout, dropped: Counter[str]) -> pl.DataFrame:
-    """Validate one file's rows and map them to canonical columns (plus `_time_raw` for dedup)."""
+def _events(raw: _Raw, layout: _Layout, decisions: _Decisions, dropped: dict[str, int]) -> pl.DataFrame | None:
+    """Validate one batch's rows and map them to canonical columns (None when none is left)."""
     used = layout.columns
     blank = raw.frame.select(pl.all_horizontal(pl.col(used).is_null())).to_series()
-    if blank.any():
-        dropped["blank line" if raw.first_line is not None else "empty row"] += int(blank.sum())
-        raw.frame = raw.frame.filter(~blank)
+    _count(dropped, "blank line" if raw.first_line is not None else "empty row", int(blank.sum()))
+    raw.frame = raw.frame.filter(~blank)
 
     value_columns = [t.column for t in layout.tasks] + ([layout.action_value] if layout.action_value else [])
     numbers = {column: _numbers(raw, column) for column in dict.fromkeys(value_columns)}  # each parsed once
@@ -587,28 +659,30 @@ def _events(raw: _Raw, layout: _Layout, dropped: Counter[str]) -> pl.DataFrame:
     keep = pl.repeat(True, raw.frame.height, eager=True)
     for column in dict.fromkeys(t.column for t in layout.tasks):
         empty = numbers[column].is_null() & keep
-        if empty.any():
-            dropped[f"missing {column}"] += int(empty.sum())
-            keep = keep & ~empty
+        _count(dropped, f"missing {column}", int(empty.sum()))
+        keep = keep & ~empty
     if not keep.all():
         raw.frame = raw.frame.filter(keep)
         numbers = {column: values.filter(keep) for column, values in numbers.items()}
+    if raw.frame.height == 0:
+        return None
 
-    time_raw = _timestamps(raw, layout)
+    time = _timestamps(raw, layout, decisions)
     columns = {
-        "user_id": _ids(raw, layout.user, layout.integer_ids),
-        "item_id": _ids(raw, layout.item, layout.integer_ids),
-        "timestamp": time_raw // 1000 if layout.time_ms else time_raw,
+        "user_id": _ids(raw, layout.user, layout.integer_ids, decisions),
+        "item_id": _ids(raw, layout.item, layout.integer_ids, decisions),
+        "timestamp": time // 1000 if layout.time_ms else time,
     }
     for task in layout.tasks:
         columns[task.name] = _label(raw, task, numbers[task.column])
     if layout.action_value is not None:
         columns["action_value"] = _action_values(raw, layout, numbers[layout.action_value])
-    columns["_time_raw"] = time_raw
+    if layout.time_ms:
+        columns["timestamp_ms"] = time  # two events in one second stay two (EventTable.drop_duplicates)
     return pl.DataFrame(columns)
 
 
-def _ids(raw: _Raw, column: str, integer: bool) -> pl.Series:
+def _ids(raw: _Raw, column: str, integer: bool, decisions: _Decisions) -> pl.Series:
     values = raw.frame[column]
     raw.fail(values.is_null(), column, "missing id")
     dtype = values.dtype
@@ -623,13 +697,17 @@ def _ids(raw: _Raw, column: str, integer: bool) -> pl.Series:
     if integer:
         raw.fail(as_int.is_null(), column, "{value} is not an integer id")
         return as_int
-    # Tokens become integers only when that loses nothing ("007" stays a string token).
-    if as_int.null_count() == 0 and (as_int.cast(pl.String) == values).all():
+    # Tokens become integers only when that loses nothing ("007" stays a string token), on the
+    # word of the first rows: a later token must not turn the column's ids into strings.
+    plain = as_int.is_not_null() & (as_int.cast(pl.String) == values)
+    if decisions.integer_ids.setdefault(column, bool(plain.all())):
+        raw.fail(~plain, column, "{value} is not an integer id, as the ids of the first rows were "
+                                 "(a column's ids are read as integers or as tokens, decided on its first rows)")
         return as_int
     return values
 
 
-def _timestamps(raw: _Raw, layout: _Layout) -> pl.Series:
+def _timestamps(raw: _Raw, layout: _Layout, decisions: _Decisions) -> pl.Series:
     """Seconds (or milliseconds, for `time_ms` layouts) as int64; errors name the first bad row."""
     column = layout.time
     values = raw.frame[column]
@@ -644,26 +722,39 @@ def _timestamps(raw: _Raw, layout: _Layout) -> pl.Series:
         return values.floor().cast(pl.Int64)
     if dtype != pl.String:
         raw.fail(pl.repeat(True, len(values), eager=True), column, f"a {dtype} column cannot hold timestamps")
-    unit = "milliseconds" if layout.time_ms else "seconds"
-    if layout.time_format is None:
+    if not layout.flexible_time:
         as_int = values.cast(pl.Int64, strict=False)
-        if not layout.flexible_time or as_int.null_count() == 0:
-            raw.fail(as_int.is_null(), column, f"{{value}} is not a timestamp (integer {unit})")
+        unit = "milliseconds" if layout.time_ms else "seconds"
+        raw.fail(as_int.is_null(), column, f"{{value}} is not a timestamp (integer {unit})")
+        return as_int
+    if decisions.first_time is None:
+        decisions.first_time = values[0]
+    if layout.time_format is None and pl.Series([decisions.first_time]).cast(pl.Float64, strict=False)[0] is not None:
+        # The first row decides: numbers (seconds, fractions floored), or date-time strings.
+        as_int = values.cast(pl.Int64, strict=False)
+        if as_int.null_count() == 0:
             return as_int
         as_float = values.cast(pl.Float64, strict=False)
-        if as_float[0] is not None:  # the first row decides: numbers, or date-time strings
-            bad = as_float.is_null() | ~as_float.is_finite()
-            raw.fail(bad, column, "{value} is not a timestamp (seconds, like the first row)")
-            return as_float.floor().cast(pl.Int64)
-    try:
-        parsed = values.str.to_datetime(format=layout.time_format, strict=False, time_unit="us")
-    except pl.exceptions.PolarsError:
-        parsed = pl.repeat(None, len(values), dtype=pl.Datetime("us"), eager=True)
+        raw.fail(as_float.is_null() | ~as_float.is_finite(), column, "{value} is not a timestamp (seconds, like the first row)")
+        return as_float.floor().cast(pl.Int64)
+    parsed = _datetimes(values, layout.time_format, decisions.first_time)
     expected = f"a date-time in the format {layout.time_format!r}" if layout.time_format else (
         "integer seconds or a date-time such as 2024-05-01 12:00:00"
     )
     raw.fail(parsed.is_null(), column, f"{{value}} is not a timestamp ({expected})")
     return parsed.dt.epoch("s")
+
+
+def _datetimes(values: pl.Series, time_format: str | None, first: str) -> pl.Series:
+    """Date-time strings parsed (null where one does not parse). With no `time_format` polars
+    infers one from the first value, so the read's first timestamp, `first`, goes in front of
+    every batch: all batches are read in its format."""
+    texts = values if time_format is not None else pl.concat([pl.Series(values.name, [first]), values])
+    try:
+        parsed = texts.str.to_datetime(format=time_format, strict=False, time_unit="us")
+    except pl.exceptions.PolarsError:
+        parsed = pl.repeat(None, len(texts), dtype=pl.Datetime("us"), eager=True)
+    return parsed if time_format is not None else parsed.slice(1)
 
 
 def _numbers(raw: _Raw, column: str) -> pl.Series:

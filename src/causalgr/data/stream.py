@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -36,8 +37,10 @@ from causalgr.data.errors import DataError
 from causalgr.data.events import EventTable
 from causalgr.data.prepared import EVENTS, SPLITS, EventsWriter, write_index
 from causalgr.data.sequences import (
+    DROP_DUPLICATE,
     PrepareSettings,
     checked_frame,
+    first_copies,
     known_items,
     prepared_meta,
     time_cutoffs,
@@ -119,13 +122,18 @@ def _write_prepared(
     tasks = tuple(events.tasks)
     has_values = "action_value" in runs.columns
     has_probs = len(tasks) > 0 and all(f"prob_{t}" in runs.columns for t in tasks)
+
+    # Pass 2: truncate and split each range of users (without the copies of repeated rows).
+    copies: dict[str, int] = {}
+    frames = _user_frames(runs, chunk_events, events.drop_duplicates, copies)
     cutoffs = None
     if settings.split == "time":
-        cutoffs = time_cutoffs(settings, events.source, lambda q: _quantile_nearest(runs, q))
-
-    # Pass 2: truncate and split each range of users.
-    user_ids, user_events = runs.user_events["user_id"], runs.user_events["events"].to_numpy()
-    ranges = _user_ranges(user_events, chunk_events)
+        # The default cut-offs are quantiles of the events less their copies: the ranges go to
+        # files first, and the quantiles are counted over those.
+        spilled = _spill(frames, tmp)
+        rows = runs.rows - copies.get(DROP_DUPLICATE, 0)
+        cutoffs = time_cutoffs(settings, events.source, lambda q: _quantile_nearest(spilled, rows, q))
+        frames = map(pl.read_parquet, spilled)
     parts: list[Path] = []
     kept_users: list[pl.Series] = []
     kept_items: pl.Series | None = None
@@ -133,13 +141,7 @@ def _write_prepared(
     dropped: dict[str, int] = {}
     dropped_users: dict[str, int] = {}
     largest_value = -1
-    for lo, hi in ranges:
-        frame = (
-            pl.scan_parquet(runs.files)
-            .filter(pl.col("user_id").is_between(pl.lit(user_ids[lo]), pl.lit(user_ids[hi])))
-            .collect()
-            .sort(["user_id", "timestamp", "_row"])
-        )
+    for frame in frames:
         user = frame["user_id"].rank("dense").to_numpy().astype(np.int64)  # [e], 1..users of the range
         keep, split, range_dropped, range_users = truncate_and_split(
             user, frame["timestamp"].to_numpy(), settings, cutoffs
@@ -165,6 +167,7 @@ def _write_prepared(
         kept.write_parquet(parts[-1])
     if not parts:
         raise DataError(f"{events.source}: no events left after truncation and splitting ({dropped})")
+    dropped = {**copies, **dropped}
 
     # Pass 3: dense ids, events.parquet, statistics.
     item_ids = pl.DataFrame({"item_id": kept_items.sort()})
@@ -219,7 +222,7 @@ def _write_prepared(
     )
     meta["stats"] = stats.result(np.concatenate(lengths), len(item_ids))
     meta["stats"]["dropped_users"] = dropped_users
-    meta["stats"]["source"] = {"events": runs.rows, "users": len(user_ids), "items": len(runs.item_ids)}
+    meta["stats"]["source"] = {"events": runs.rows - copies.get(DROP_DUPLICATE, 0), "users": len(runs.user_events), "items": len(runs.item_ids)}
     write_index(out, meta, item_ids, user_ids_table, np.concatenate(split_events))
     return meta
 
@@ -237,17 +240,47 @@ def _user_ranges(events: np.ndarray, limit: int) -> list[tuple[int, int]]:
     return ranges
 
 
-def _quantile_nearest(runs: _Runs, q: float) -> int:
-    """polars' `quantile(q, interpolation="nearest")` of all timestamps in the runs, found by
-    counting them in `_QUANTILE_BINS` ever narrower bins (a few passes, one column each)."""
-    k = int(np.floor(q * (runs.rows - 1) + 0.5))  # the k-th smallest (0-based) is the answer
-    bounds = pl.scan_parquet(runs.files).select(pl.col("timestamp").min().alias("lo"), pl.col("timestamp").max().alias("hi"))
+def _user_frames(runs: _Runs, chunk_events: int, drop_duplicates: bool, copies: dict[str, int]) -> Iterator[pl.DataFrame]:
+    """The events of each range of users, sorted by (user id, timestamp, row); with
+    `drop_duplicates` only the first of rows equal in every column (a user's copies all lie in its
+    range, side by side), the others counted in `copies`."""
+    user_ids = runs.user_events["user_id"]
+    for lo, hi in _user_ranges(runs.user_events["events"].to_numpy(), chunk_events):
+        frame = (
+            pl.scan_parquet(runs.files)
+            .filter(pl.col("user_id").is_between(pl.lit(user_ids[lo]), pl.lit(user_ids[hi])))
+            .collect()
+            .sort(["user_id", "timestamp", "_row"])
+        )
+        if drop_duplicates:
+            first = first_copies(frame.drop("_row"))
+            if first is not None:
+                copies[DROP_DUPLICATE] = copies.get(DROP_DUPLICATE, 0) + frame.height - int(first.sum())
+                frame = frame.filter(first)
+        yield frame.drop("timestamp_ms", strict=False)
+
+
+def _spill(frames: Iterator[pl.DataFrame], tmp: Path) -> list[Path]:
+    """Each frame in a Parquet file of its own in `tmp`, for the passes that read them again."""
+    files: list[Path] = []
+    for frame in frames:
+        files.append(tmp / f"users{len(files):05d}.parquet")
+        frame.write_parquet(files[-1])
+    return files
+
+
+def _quantile_nearest(files: list[Path], rows: int, q: float) -> int:
+    """polars' `quantile(q, interpolation="nearest")` of the timestamps of the `rows` events in
+    `files`, found by counting them in `_QUANTILE_BINS` ever narrower bins (a few passes, one
+    column each)."""
+    k = int(np.floor(q * (rows - 1) + 0.5))  # the k-th smallest (0-based) is the answer
+    bounds = pl.scan_parquet(files).select(pl.col("timestamp").min().alias("lo"), pl.col("timestamp").max().alias("hi"))
     lo, hi = bounds.collect().row(0)
     while lo < hi:
         width = -(-(hi - lo + 1) // _QUANTILE_BINS)
         counts = np.zeros(_QUANTILE_BINS, dtype=np.int64)
         below = 0
-        for file in runs.files:
+        for file in files:
             t = pl.read_parquet(file, columns=["timestamp"])["timestamp"].to_numpy()
             below += int(np.count_nonzero(t < lo))
             inside = t[(t >= lo) & (t <= hi)]
