@@ -354,8 +354,6 @@ def _sha256(files: Sequence[Path]) -> str:
     return digest.hexdigest()
 
 
-
-
 # ---------------------------------------------------------------------------------------------
 # Reading files, batch by batch: every text file is read as strings, so a bad value can be traced
 # to its line
