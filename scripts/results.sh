@@ -13,10 +13,10 @@
 #   bash scripts/results.sh select-ml-100k      # or any of the names above; no name = all of them
 #
 # Each step is a `causalgr compare`; a finished run is skipped and an interrupted one resumed, so
-# the script can be stopped and started again. The capacity and depth tables of README read the
-# final steps' folders: `python scripts/paired_tables.py capacity|depth` (its docstring). One torch thread per run (configs/main.yaml): two
+# the script can be stopped and started again. One torch thread per run (configs/main.yaml): two
 # steps can run side by side on a 2-core machine. A choice reads validation loss only
-# (`scripts/paired_change.py`); test loss is read for the final tables alone.
+# (`scripts/paired_change.py`); test loss is read for the final tables alone. README's capacity
+# and depth tables read the final steps' folders: `scripts/paired_tables.py capacity|depth`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 causalgr=${CAUSALGR:-.venv/bin/causalgr}
