@@ -119,10 +119,7 @@ class Ranker:
         if _count(candidates, "candidates") == 0:
             raise InvalidInput("candidates", "must list at least one item")
         dense, unknown_candidates = self.items.lookup(candidates)
-        if cached is not None and len(past) + len(given) <= self.max_history:  # the cached state goes on with the given events
-            probabilities = self._score(cached.state, given, dense, timestamp)
-        else:  # cold, or the window slides: the whole (recent) history runs
-            probabilities = self._score(None, past.then(given).recent(self.max_history), dense, timestamp)
+        probabilities = self._score(*self._continued(cached, past, given), dense, timestamp)
         return Ranking(probabilities, list(dict.fromkeys(unknown + unknown_candidates)))
 
     def observe(self, user: str | int, items: Sequence, timestamps: Sequence, labels: Sequence,
@@ -138,7 +135,7 @@ class Ranker:
         events, unknown = self._events(items, timestamps, labels, action_values)
         while True:  # another call may replace this user's entry meanwhile: then start again from it
             cached = self.cache.get(key)
-            updated = self._updated(cached, self._cached_events(cached).then(events), events)
+            updated = self._updated(cached, self._cached_events(cached), events)
             if self.cache.replace(key, cached, updated):
                 return unknown
 
@@ -165,15 +162,20 @@ class Ranker:
     def _cached_events(self, cached: CachedHistory | None) -> History:
         return History.empty(len(self.tasks)) if cached is None else cached.events
 
-    def _updated(self, cached: CachedHistory | None, history: History, new: History) -> CachedHistory:
-        """`history` (= the cached events, then `new`) and its model state. While it fits in the
-        window, the cached state is extended by the new events alone; past it, the window slides
-        and the state is rebuilt from the last max_len − 1 events, since every cached key and value
-        depends on the events that left."""
-        if cached is not None and len(history) <= self.max_history:
-            return CachedHistory(history, self._extend(cached.state, new) if len(new) else cached.state)
-        history = history.recent(self.max_history)
-        return CachedHistory(history, self._extend(None, history))
+    def _continued(self, cached: CachedHistory | None, past: History, new: History) -> tuple[HistoryState | None, History]:
+        """The state to go on from and the events to run through it, for the history `past` (the
+        cached events) then `new`. While it fits in the window: the cached state and the new events
+        alone. Past it, the window slides: no state and the last max_len − 1 events, since every
+        cached key and value depends on the events that left."""
+        if cached is not None and len(past) + len(new) <= self.max_history:
+            return cached.state, new
+        return None, past.then(new).recent(self.max_history)
+
+    def _updated(self, cached: CachedHistory | None, past: History, new: History) -> CachedHistory:
+        """The cached events `past`, then `new`, in the window, and their model state."""
+        state, events = self._continued(cached, past, new)
+        history = past.then(new).recent(self.max_history)
+        return CachedHistory(history, state if state is not None and not len(events) else self._extend(state, events))
 
     @torch.inference_mode()
     def _extend(self, state: HistoryState | None, events: History) -> HistoryState:
@@ -189,7 +191,7 @@ class Ranker:
             state, events = self._extend(state, events), History.empty(len(self.tasks))
         parts = [self._rank(state, events, distinct[i : i + self.candidates_per_pass], timestamp)
                  for i in range(0, len(distinct), self.candidates_per_pass)]
-        return parts[0][where.reshape(-1)] if len(parts) == 1 else np.concatenate(parts)[where.reshape(-1)]
+        return np.concatenate(parts)[where.reshape(-1)]
 
     @torch.inference_mode()
     def _rank(self, state: HistoryState | None, events: History, candidates: np.ndarray, timestamp: int) -> np.ndarray:
