@@ -15,9 +15,11 @@ from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from causalgr.models.attention import (
+    causal_mask,
     relative_bias,
     pointwise_attention,
     softmax_attention,
+    strict_mask,
     target_aware_pointwise_attention,
     target_aware_softmax_attention,
 )
@@ -87,21 +89,30 @@ def test_blocked_equals_reference(shape, block, variant, seed):
     block=st.sampled_from([1, 7, 16, None]),
     variant=st.sampled_from(VARIANTS),
     seed=st.integers(0, 1000),
+    in_order=st.booleans(),
 )
-def test_serving_block_memo_equals_reference(shape, block, variant, seed):
-    """Serving's path (tables with a `blocks` memo: each block's bias made once, forward only) equals
-    the reference, and a second layer's call with the same memo (reusing every block) equals it too."""
+def test_serving_block_memo_equals_reference(shape, block, variant, seed, in_order):
+    """Serving's path (tables with a `blocks` memo: each block's bias and mask made once, forward
+    only) equals the reference, and a second layer's call with the same memo (reusing every block)
+    equals it too. Timestamps in order (a served history) take the runs path, others the gather."""
     (q, k, v, u), tables = make_inputs(*shape, seed)
     q, k, v, u = (t.detach() for t in (q, k, v, u))
-    tables = BiasTables(*(t.detach() for t in tables[:3]), blocks={})
+    timestamps = tables.timestamps if in_order else tables.timestamps.flip(1)
+    tables = BiasTables(*(t.detach() for t in tables[:2]), timestamps, blocks={})
     want = reference(variant, q, k, v, u, tables)
     first = run(variant, q, k, v, u, tables, engine="blocked", block=block)
-    made = {key: bias for key, bias in tables.blocks.items() if key != "sums"}
-    assert made, "the serving path made no block bias"
-    for (start, stop, keys), bias in made.items():  # bit for bit the reference's rab of the block
+    assert tables.blocks["in order"] == (in_order or bool((timestamps[:, 1:] == timestamps[:, :-1]).all()))
+    made = {key: t for key, t in tables.blocks.items() if isinstance(key, tuple)}
+    biases = {key: t for key, t in made.items() if key[0] != "mask"}
+    assert biases, "the serving path made no block bias"
+    for (start, stop, keys), bias in biases.items():  # bit for bit the reference's rab of the block
         assert torch.equal(bias, relative_bias(tables)[:, :, start:stop, :keys])
+    for (_, start, stop, strict), mask in made.items() - biases.items():  # 1/(n + 1) where allowed
+        allowed = (strict_mask if strict else causal_mask)(stop, q.device)[start:stop].to(q.dtype)
+        assert torch.equal(mask, allowed / torch.arange(start + 1, stop + 1, dtype=q.dtype)[:, None])
     second = run(variant, q.flip(-1), k, v, u, tables, engine="blocked", block=block)  # the next layer's queries
-    assert tables.blocks.keys() == made.keys() | {"sums"} and all(tables.blocks[key] is made[key] for key in made)
+    assert all(tables.blocks[key] is made[key] for key in made) and len(made) == sum(
+        isinstance(key, tuple) for key in tables.blocks)
     torch.testing.assert_close(first, want, atol=1e-10, rtol=1e-10)
     torch.testing.assert_close(second, reference(variant, q.flip(-1), k, v, u, tables), atol=1e-10, rtol=1e-10)
 

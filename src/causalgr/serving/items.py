@@ -10,6 +10,7 @@ the mean of the real items' embeddings. Row 0 stays padding — it is never used
 from __future__ import annotations
 
 import copy
+import itertools
 from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
@@ -40,9 +41,25 @@ class ItemIndex:
     def lookup(self, items: Iterable[object]) -> tuple[np.ndarray, list[object]]:
         """(dense ids int64 [N], the unknown ids in the order given, repeats kept once)."""
         items = list(items)
-        dense = np.fromiter(map(self._one, items), dtype=np.int64, count=len(items))
-        unknown = dict.fromkeys(_listable(i) for i, d in zip(items, dense) if d == self.unknown)
+        dense = self._dense(items)
+        unknown = dict.fromkeys(_listable(items[i]) for i in np.flatnonzero(dense == self.unknown))
         return dense, list(unknown)
+
+    def _dense(self, items: list) -> np.ndarray:
+        """Dense ids of `items`; the usual requests (ints for a bare model, strings or ints with
+        `ids`) without a Python call per id."""
+        types = set(map(type, items))
+        if self.ids is None and types <= {int}:
+            try:
+                array = np.array(items, dtype=np.int64)
+            except OverflowError:  # past int64: unknown, as `_one` says
+                pass
+            else:
+                return np.where((array >= 1) & (array <= self.num_items), array, self.unknown)
+        if self.ids is not None and types <= {str, int}:
+            keys = map(str, items)  # the original ids, compared as strings
+            return np.fromiter(map(self.ids.get, keys, itertools.repeat(self.unknown)), dtype=np.int64, count=len(items))
+        return np.fromiter(map(self._one, items), dtype=np.int64, count=len(items))
 
     def _one(self, item: object) -> int:
         if self.ids is not None:

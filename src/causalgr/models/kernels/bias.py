@@ -6,8 +6,8 @@ paths only ever build the [B, H, rows, keys] slab of the query block they are wo
 
 Training adds a block's bias into its scores head by head (`add_block_bias`), as it goes: no
 second slab. Serving (forward only, one user) gives the tables a `blocks` dict: each block's
-bias is then made once per call (`block_bias`) and every layer adds the same tensor — the
-layers share one `RelativeBias`, so the bias does not change between them.
+bias and mask are then made once per call (`block_bias`, `block_mask`) and every layer uses the
+same tensors — the layers share one `RelativeBias`, so the bias does not change between them.
 """
 
 from __future__ import annotations
@@ -68,47 +68,90 @@ def add_block_bias(scores: torch.Tensor, tables: BiasTables, distance: torch.Ten
 
 
 def block_bias(tables: BiasTables, start: int, stop: int, keys: int) -> torch.Tensor:
-    """rab of queries [start, stop) × keys [0, keys), materialised: [B, H, rows, keys] (a view, not
-    contiguous). Made once per call and block when `tables.blocks` is a dict (serving), else each time.
+    """rab of queries [start, stop) × keys [0, keys), materialised: [B, H, rows, keys], contiguous.
+    Made once per call and block when `tables.blocks` is a dict (serving), else each time.
 
-    One gather per block from a table of every position + time sum (P·Tb rows, made once per
-    call), equal bit for bit to the reference's position[distance] + time[bucket].
+    Equal bit for bit to the reference's position[distance] + time[bucket]. When every row's
+    timestamps are in order (a served history always is; checked once per call), by runs
+    (`_bias_in_order`); otherwise one gather per block from a table of every position + time
+    sum (P·Tb rows, made once per call).
     """
     memo = tables.blocks if tables.blocks is not None else {}
-    (P, H), buckets = tables.position.shape, tables.time.shape[0]
-    if "sums" not in memo:
-        memo["sums"] = (tables.position[:, None] + tables.time[None]).view(P * buckets, H).t()  # [H, P·Tb]
     if (start, stop, keys) not in memo:
-        distance = distances(start, stop, keys, P, tables.timestamps.device)  # [rows, keys]
-        bucket = time_buckets(tables.timestamps, start, stop, keys, buckets)  # [B, rows, keys]
-        memo[(start, stop, keys)] = memo["sums"][:, distance * buckets + bucket].transpose(0, 1)  # [B, H, rows, keys]
+        if _in_order(tables, memo):
+            bias = _bias_in_order(tables, start, stop, keys)
+        else:
+            (P, H), buckets = tables.position.shape, tables.time.shape[0]
+            if "sums" not in memo:
+                memo["sums"] = (tables.position[:, None] + tables.time[None]).view(P * buckets, H).t()  # [H, P·Tb]
+            distance = distances(start, stop, keys, P, tables.timestamps.device)  # [rows, keys]
+            bucket = time_buckets(tables.timestamps, start, stop, keys, buckets)  # [B, rows, keys]
+            bias = memo["sums"][:, distance * buckets + bucket].transpose(0, 1).contiguous()  # [B, H, rows, keys]
+        memo[(start, stop, keys)] = bias
     return memo[(start, stop, keys)]
+
+
+def _in_order(tables: BiasTables, memo: dict) -> bool:
+    """Whether every row's timestamps are non-decreasing, decided once per call (memo "in order").
+    Under torch.compile or torch.export: False, the general path, which needs no data-dependent branch."""
+    if "in order" not in memo:
+        times = tables.timestamps
+        memo["in order"] = not torch.compiler.is_compiling() and bool((times[:, 1:] >= times[:, :-1]).all())
+    return memo["in order"]
+
+
+def _bias_in_order(tables: BiasTables, start: int, stop: int, keys: int) -> torch.Tensor:
+    """`block_bias` for timestamps in order, with no per-element search or gather.
+
+    Time: row n's gap to key j shrinks as j grows, so its bucket falls from Tb − 1 to 0 in runs:
+    key j is in bucket ≥ k while j < c_nk = #{j : t_j ≤ t_n − θ_k} (`bucket_edges`; one binary
+    search per row and edge). Each bucket's bias is repeated over its run. Position: d = n − j
+    falls by one per key, so each row is a window of one reversed copy of the position table.
+    """
+    (P, H), buckets = tables.position.shape, tables.time.shape[0]
+    times, device = tables.timestamps, tables.timestamps.device
+    B, rows = times.shape[0], stop - start
+    edges = bucket_edges(buckets, device)  # [Tb − 1]: θ_1..θ_Tb−1
+    cuts = torch.searchsorted(times[:, :keys].contiguous(), (times[:, start:stop, None] - edges).view(B, -1),
+                              right=True).view(B, rows, buckets - 1)  # c_nk, k = 1..Tb − 1
+    bounds = torch.cat([cuts.new_full((B, rows, 1), keys), cuts, cuts.new_zeros(B, rows, 1)], dim=2)  # c_n0..c_nTb
+    runs = (bounds[..., :-1] - bounds[..., 1:]).flip(-1)  # [B, rows, Tb]: keys in bucket Tb − 1, …, 0
+    values = tables.time.t().flip(-1)[None, :, None].expand(B, H, rows, buckets)  # [B, H, rows, Tb], same order
+    bias = values.reshape(-1).repeat_interleave(runs[:, None].expand(B, H, rows, buckets).reshape(-1),
+                                                output_size=B * H * rows * keys).view(B, H, rows, keys)
+    d = (stop - 1 - torch.arange(rows + keys - 1, device=device)).clamp_(0, P - 1)  # d of window offset m
+    window = tables.position.t()[:, d]  # [H, rows + keys − 1]: row r, key j reads m = rows − 1 − r + j
+    return bias.add_(window.unfold(1, keys, 1).flip(1))  # time + position, as the reference adds them
+
+
+def block_mask(tables: BiasTables, start: int, stop: int, strict: bool) -> torch.Tensor:
+    """[rows, stop]: 1/(n + 1) where key j may be seen by query n (j ≤ n, or j < n when `strict`),
+    else 0 — mask and normaliser in one. Made once per call and block when `tables.blocks` is a dict."""
+    memo = tables.blocks if tables.blocks is not None else {}
+    if ("mask", start, stop, strict) not in memo:
+        dtype, device = tables.position.dtype, tables.position.device
+        rows = torch.arange(start, stop, device=device)[:, None]
+        cols = torch.arange(stop, device=device)[None, :]
+        allowed = cols < rows if strict else cols <= rows
+        memo[("mask", start, stop, strict)] = allowed.to(dtype) / (rows + 1).to(dtype)
+    return memo[("mask", start, stop, strict)]
 
 
 def warm_bias(tables: BiasTables, new: int, targets: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """A warm request's rows (`blocked.warm_forward`), made once per call and memoised in
     `tables.blocks`: M = `new` tokens at positions S − M..S − 1, then `targets` rows at position S
     and time tables.timestamps[:, S], over the S = tables.timestamps.shape[1] − 1 keys. Returns the
-    rab [B·H, M + K, S] (one gather from the sums table, equal bit for bit to the reference's) and
-    the mask over the count, 1/(n + 1) where key j ≤ position n, else 0: [M + K, S] — the targets
-    share one row, made once; with no new tokens both come as that one row, to be broadcast — and
-    the rab of a target's own key, [H, 1]."""
+    rab [B·H, M + K, S] (`block_bias` of positions S − M..S, equal bit for bit to the reference's)
+    and the mask over the count, 1/(n + 1) where key j ≤ position n, else 0: [M + K, S] — the
+    targets share one row, made once; with no new tokens both come as that one row, to be
+    broadcast — and the rab of a target's own key, [H, 1]."""
     memo = tables.blocks if tables.blocks is not None else {}
     if ("warm", new, targets) not in memo:
-        (P, H), buckets = tables.position.shape, tables.time.shape[0]
-        if "sums" not in memo:
-            memo["sums"] = (tables.position[:, None] + tables.time[None]).view(P * buckets, H).t()  # [H, P·Tb]
-        (B, S), device = tables.timestamps[:, 1:].shape, tables.timestamps.device
-        positions = torch.arange(S - new, S + 1, device=device)  # [M + 1]: the new tokens', then the targets'
-        gaps = tables.timestamps[:, S - new :, None] - tables.timestamps[:, None, :S]  # [B, M + 1, S]
-        bucket = torch.bucketize(gaps, bucket_edges(buckets, device), right=True)
-        keys = torch.arange(S, device=device)
-        distance = (positions[:, None] - keys[None, :]).clamp_(0, P - 1)  # [M + 1, S]
-        bias = memo["sums"][:, distance * buckets + bucket].transpose(0, 1)  # [B, H, M + 1, S]
-        dtype = tables.position.dtype
-        over_count = (keys[None, :] <= positions[:, None]).to(dtype).div_((positions + 1).to(dtype)[:, None])
+        (B, S), H = tables.timestamps[:, 1:].shape, tables.position.shape[1]
+        bias = block_bias(tables, S - new, S + 1, S)  # [B, H, M + 1, S]: the new tokens', then the targets' row
+        over_count = block_mask(tables, S - new, S + 1, False)[:, :S]  # [M + 1, S]
         if new:  # the target row once per target: [M + K] rows
-            rows = torch.cat([torch.arange(new, device=device), torch.full((targets,), new, device=device)])
+            rows = torch.cat([torch.arange(new), torch.full((targets,), new)]).to(bias.device)
             bias, over_count = bias.index_select(2, rows), over_count.index_select(0, rows)
         own = (tables.position[0] + tables.time[0])[:, None]  # [H, 1]: a target's own key, distance 0 and gap 0
         memo[("warm", new, targets)] = bias.reshape(B * H, bias.shape[2], S), over_count, own

@@ -8,12 +8,13 @@ position n from j < n only. A query block [start, stop) needs keys [0, stop) —
 above the diagonal are never computed. The backward recomputes each block's scores from q, k
 and the bias tables instead of storing them, so training memory stays linear in L too.
 
-Serving adds three forward-only shapes: the queries may be the last Lq of the L positions (new
-events continuing a cached history), `blocked_after_forward` runs K target queries that
-all sit at position L, after every key (the ranker's candidates), and `warm_forward` runs a
-few new tokens and the targets after them as one slab (a warm request: one pass per layer).
-Serving's tables carry a `blocks` memo (`bias.block_bias`): each block's bias is made once
-per call, for every layer.
+Serving (one user, forward only) has three shapes: `serving_forward`, a history or the last Lq
+of its L positions (new events continuing a cached history); `blocked_after_forward`, K target
+queries that all sit at position L, after every key (the ranker's candidates); `warm_forward`,
+a few new tokens and the targets after them as one slab (a warm request: one pass per layer).
+Serving's tables carry a `blocks` memo (`bias.block_bias`, `bias.block_mask`): each block's
+bias and mask are made once per call, for every layer, and each block's scores are one batched
+matmul with the bias as its addend (`_weights`).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from causalgr.models.kernels.bias import (
     add_block_bias,
     bias_table_grads,
     block_bias,
+    block_mask,
     distances,
     time_buckets,
     warm_bias,
@@ -47,12 +49,9 @@ def _allowed_over_count(start: int, stop: int, strict: bool, dtype: torch.dtype,
 
 
 def _scores(q_block: torch.Tensor, k: torch.Tensor, tables: BiasTables, start: int, stop: int):
-    """Scores of queries [start, stop) against keys [0, stop), [B, H, rows, stop], and the bias indices
-    (None when serving: the block's bias then comes made, from `tables.blocks`)."""
+    """Scores of queries [start, stop) against keys [0, stop), [B, H, rows, stop], and the bias indices."""
     scores = q_block @ k[:, :, :stop].transpose(-2, -1)  # [B, H, rows, stop]
     scores.mul_(1.0 / math.sqrt(q_block.shape[-1]))
-    if tables.blocks is not None:
-        return scores.add_(block_bias(tables, start, stop, stop)), None, None
     distance = distances(start, stop, stop, tables.position.shape[0], q_block.device)
     bucket = time_buckets(tables.timestamps, start, stop, stop, tables.time.shape[0])
     add_block_bias(scores, tables, distance, bucket)
@@ -75,22 +74,51 @@ def blocked_forward(
     q: torch.Tensor, k: torch.Tensor, x: torch.Tensor, y: torch.Tensor | None, tables: BiasTables,
     strict: bool = False, block: int | None = None,
 ) -> torch.Tensor:
-    """out [B, H, Lq, dh] (see the module docstring); k, x [B, H, L, dh]; q, y [B, H, Lq, dh] at the
-    last Lq ≤ L positions (Lq = L in training; Lq < L continues after cached keys, forward only)."""
+    """out [B, H, L, dh] (see the module docstring); q, k, x, y [B, H, L, dh]."""
+    L, block = k.shape[-2], block_rows(q, block)
+    out = torch.empty_like(x)
+    for start in range(0, L, block):
+        stop = min(start + block, L)
+        scores, _, _ = _scores(q[:, :, start:stop], k, tables, start, stop)
+        weights = F.silu(scores, inplace=True).mul_(_allowed_over_count(start, stop, strict, q.dtype, q.device))
+        out[:, :, start:stop] = weights @ x[:, :, :stop]
+        if y is not None:
+            diagonal = weights[..., start:stop].diagonal(dim1=-2, dim2=-1)  # A_nn, [B, H, rows]
+            out[:, :, start:stop] -= diagonal[..., None] * y[:, :, start:stop]
+        del scores, weights  # before the next block's slab is made
+    return out
+
+
+def serving_forward(
+    q: torch.Tensor, k: torch.Tensor, x: torch.Tensor, y: torch.Tensor | None, tables: BiasTables,
+    strict: bool = False, block: int = SERVING_ROWS,
+) -> torch.Tensor:
+    """`blocked_forward` of one serving call, forward only: k, x [B, H, L, dh]; q, y [B, H, Lq, dh]
+    at the last Lq ≤ L positions (Lq < L continues after cached keys). Each block's bias and mask
+    are made once per call and shared by the layers (`tables.blocks`), and its scores are one
+    batched matmul with the bias as its addend (`_weights`)."""
     L = k.shape[-2]
-    first, block = L - q.shape[-2], block_rows(q, block, L)  # positions [first, L) are the queries
+    first = L - q.shape[-2]  # positions [first, L) are the queries
     out = x.new_empty(*q.shape[:-1], x.shape[-1])
     for start in range(first, L, block):
         stop = min(start + block, L)
         rows = slice(start - first, stop - first)
-        scores, _, _ = _scores(q[:, :, rows], k, tables, start, stop)
-        weights = F.silu(scores, inplace=True).mul_(_allowed_over_count(start, stop, strict, q.dtype, q.device))
+        bias = block_bias(tables, start, stop, stop).flatten(0, 1)  # [B·H, rows, stop]
+        weights = _weights(q[:, :, rows], k[:, :, :stop], bias, block_mask(tables, start, stop, strict))
         out[:, :, rows] = weights @ x[:, :, :stop]
         if y is not None:
             diagonal = weights[..., start:stop].diagonal(dim1=-2, dim2=-1)  # A_nn, [B, H, rows]
             out[:, :, rows] -= diagonal[..., None] * y[:, :, rows]
-        del scores, weights  # before the next block's slab is made
     return out
+
+
+def _weights(q: torch.Tensor, k: torch.Tensor, bias: torch.Tensor, over_count: torch.Tensor | float) -> torch.Tensor:
+    """Serving's A = SiLU(q·kᵀ/√d + rab) ⊙ over_count for q [B, H, R, dh] over k [B, H, S, dh]:
+    [B, H, R, S]. bias [B·H, R, S] (or a row to broadcast) is the batched matmul's addend."""
+    B, H, R, dh = q.shape
+    S = k.shape[-2]
+    scores = torch.baddbmm(bias, q.reshape(B * H, R, dh), k.reshape(B * H, S, dh).transpose(1, 2), alpha=dh**-0.5)
+    return F.silu(scores, inplace=True).mul_(over_count).view(B, H, R, S)
 
 
 def blocked_after_forward(
@@ -103,14 +131,11 @@ def blocked_after_forward(
     """
     K, L = q.shape[-2], k.shape[-2]
     block = block_rows(q, block, L)
-    bias = block_bias(tables, L, L + 1, L)  # [B, H, 1, L]: the one row every target shares
+    bias = block_bias(tables, L, L + 1, L).flatten(0, 1)  # [B·H, 1, L]: the one row every target shares
     out = x.new_empty(*q.shape[:-1], x.shape[-1])
     for start in range(0, K, block):
         stop = min(start + block, K)
-        scores = (q[:, :, start:stop] @ k.transpose(-2, -1)).mul_(1.0 / math.sqrt(q.shape[-1]))  # [B, H, rows, L]
-        scores.add_(bias)
-        out[:, :, start:stop] = F.silu(scores, inplace=True).div_(L + 1) @ x
-        del scores
+        out[:, :, start:stop] = _weights(q[:, :, start:stop], k, bias, 1.0 / (L + 1)) @ x
     return out
 
 
@@ -127,13 +152,12 @@ def warm_forward(
     own term (`attention.target_pointwise_attention`) for the targets: [B, H, M + K, dh].
 
     The bias and the mask of the M + K rows are made once per call (`bias.warm_bias`) and shared
-    by the layers; the scores are one batched matmul with the bias as its addend.
+    by the layers; the scores are one batched matmul with the bias as its addend (`_weights`).
     """
-    B, H, R, dh = q.shape
+    R, dh = q.shape[-2:]
     S, scale = k.shape[-2], 1.0 / math.sqrt(dh)
     bias, over_count, own_bias = warm_bias(tables, new, R - new)  # [B·H, M + K, S], [M + K, S], [H, 1]
-    scores = torch.baddbmm(bias, q.reshape(B * H, R, dh), k.reshape(B * H, S, dh).transpose(1, 2), alpha=scale)
-    weights = F.silu(scores, inplace=True).mul_(over_count).view(B, H, R, S)  # A, zero where masked
+    weights = _weights(q, k, bias, over_count)  # A, zero where masked: [B, H, M + K, S]
     out = weights @ x  # [B, H, M + K, dh]
     if y is not None and new:  # the new tokens' own action values: A_nn·u_n, which j < n forbids
         out[:, :, :new] -= weights[..., :new, S - new :].diagonal(dim1=-2, dim2=-1)[..., None] * y

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from causalgr.models.kernels.bias import BiasTables
-from causalgr.models.kernels.blocked import SERVING_ROWS, blocked_backward, blocked_forward
+from causalgr.models.kernels.blocked import SERVING_ROWS, blocked_backward, blocked_forward, serving_forward
 
 
 def triton_available() -> bool:
@@ -83,5 +83,5 @@ def fast_pointwise_attention(
         raise ValueError("mvp mixing (u) uses the inclusive mask for v; strict does not apply")
     if q.shape[-2] < k.shape[-2] or (tables.blocks is not None and engine == "blocked"):  # serving: forward only
         x, y = (v, None) if u is None else (v + u, u[:, :, k.shape[-2] - q.shape[-2] :])
-        return blocked_forward(q, k, x, y, tables, strict, block or SERVING_ROWS)
+        return serving_forward(q, k, x, y, tables, strict, block or SERVING_ROWS)
     return _PointwiseAttention.apply(q, k, v, u, tables.position, tables.time, tables.timestamps, strict, engine, block)
