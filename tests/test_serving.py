@@ -364,7 +364,7 @@ def test_ranking_never_changes_the_cached_history(formulation, backbone):
 
 
 def test_the_bias_sums_kept_between_calls_follow_the_weights():
-    """HSTU keeps its position + time sums table between serving calls (`RelativeBias.serving`):
+    """HSTU keeps its position + time sums table and position windows between serving calls (`RelativeBias.serving`):
     weights changed in place afterwards must reach the next answers, cold and warm."""
     ranker = Ranker(make_model("lfa", "hstu", TASKS))
     history, later = events(12, 31), events(1, 32, start=10**6)

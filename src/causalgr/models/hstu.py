@@ -28,6 +28,7 @@ from causalgr.models.cache import EncoderCache, LayerCache
 from causalgr.models.config import ModelConfig
 from causalgr.models.heads import merge_heads, split_heads
 from causalgr.models.kernels import BiasTables
+from causalgr.models.kernels.bias import SERVING_ROWS, position_windows
 
 
 WARM_TOKENS = 32  # at most this many new tokens share a pass with the targets; more run blocked (`extend`)
@@ -52,17 +53,19 @@ class RelativeBias(nn.Module):
 
     def serving(self, timestamps: torch.Tensor) -> BiasTables:
         """The tables with a `blocks` memo for one serving call (`bias.block_bias`), holding already
-        the sums table, which depends on the weights alone: made again only when they change.
-        Under torch.export or torch.compile (no data pointers to key on) the call makes its own."""
+        what depends on the weights alone — the position + time sums table and the position
+        windows (`bias.position_windows`) — made again only when the weights change. Under
+        torch.export or torch.compile (no data pointers to key on) the call makes its own."""
         weights = (self.position.weight, self.time.weight)
         if torch.compiler.is_compiling():
             return BiasTables(*weights, timestamps, blocks={})
         version = tuple((w.data_ptr(), w._version) for w in weights)
-        if getattr(self, "_sums", (None, None))[0] != version:
+        if getattr(self, "_made", (None, None))[0] != version:
             (P, H), buckets = self.position.weight.shape, self.time.weight.shape[0]
-            sums = (weights[0][:, None] + weights[1][None]).view(P * buckets, H).t()  # [H, P·Tb]
-            self._sums = version, sums.detach()
-        return BiasTables(*weights, timestamps, blocks={"sums": self._sums[1]})
+            position, time = (w.detach() for w in weights)
+            self._made = version, {"sums": (position[:, None] + time[None]).view(P * buckets, H).t(),  # [H, P·Tb]
+                                   "positions": position_windows(position, SERVING_ROWS)}
+        return BiasTables(*weights, timestamps, blocks=dict(self._made[1]))
 
 
 class STULayer(nn.Module):

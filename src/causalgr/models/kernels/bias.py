@@ -20,6 +20,9 @@ import torch
 from causalgr.models.timegaps import log_bucket
 
 
+SERVING_ROWS = 128  # serving's query rows per block (one user): small blocks skip most of the masked upper triangle
+
+
 class BiasTables(NamedTuple):
     position: torch.Tensor  # [P, H] bias per distance n − j (clamped to P − 1)
     time: torch.Tensor  # [Tb, H] bias per log-bucketed time gap t_n − t_j
@@ -105,23 +108,39 @@ def _bias_in_order(tables: BiasTables, start: int, stop: int, keys: int) -> torc
 
     Time: row n's gap to key j shrinks as j grows, so its bucket falls from Tb − 1 to 0 in runs:
     key j is in bucket ≥ k while j < c_nk = #{j : t_j ≤ t_n − θ_k} (`bucket_edges`; one binary
-    search per row and edge). Each bucket's bias is repeated over its run. Position: d = n − j
-    falls by one per key, so each row is a window of one reversed copy of the position table.
+    search per row and edge, over every timestamp of the call: θ_1 = 1, so no key j ≥ n counts).
+    Each bucket's bias is repeated over its run. Position: a window of
+    `position_windows`, made once per model (`RelativeBias.serving`) or call.
     """
+    memo = tables.blocks if tables.blocks is not None else {}
     (P, H), buckets = tables.position.shape, tables.time.shape[0]
-    times, device = tables.timestamps, tables.timestamps.device
+    times = tables.timestamps
     B, rows = times.shape[0], stop - start
-    edges = bucket_edges(buckets, device)  # [Tb − 1]: θ_1..θ_Tb−1
-    cuts = torch.searchsorted(times[:, :keys].contiguous(), (times[:, start:stop, None] - edges).view(B, -1),
-                              right=True).view(B, rows, buckets - 1)  # c_nk, k = 1..Tb − 1
-    bounds = torch.cat([cuts.new_full((B, rows, 1), keys), cuts, cuts.new_zeros(B, rows, 1)], dim=2)  # c_n0..c_nTb
-    runs = (bounds[..., :-1] - bounds[..., 1:]).flip(-1)  # [B, rows, Tb]: keys in bucket Tb − 1, …, 0
-    values = tables.time.t().flip(-1)[None, :, None].expand(B, H, rows, buckets)  # [B, H, rows, Tb], same order
+    edges = bucket_edges(buckets, times.device).flip(0)  # θ_k for k = Tb − 1 down to 1
+    cuts = torch.searchsorted(times, (times[:, start:stop, None] - edges).view(B, -1), right=True)
+    cuts = cuts.view(B, rows, buckets - 1)  # c_nk, ascending
+    runs = torch.diff(cuts, dim=2, prepend=cuts.new_zeros(B, rows, 1), append=cuts.new_full((B, rows, 1), keys))
+    values = tables.time.t().flip(-1)[None, :, None].expand(B, H, rows, buckets)  # buckets Tb − 1, …, 0, as the runs
     bias = values.reshape(-1).repeat_interleave(runs[:, None].expand(B, H, rows, buckets).reshape(-1),
                                                 output_size=B * H * rows * keys).view(B, H, rows, keys)
-    d = (stop - 1 - torch.arange(rows + keys - 1, device=device)).clamp_(0, P - 1)  # d of window offset m
-    window = tables.position.t()[:, d]  # [H, rows + keys − 1]: row r, key j reads m = rows − 1 − r + j
-    return bias.add_(window.unfold(1, keys, 1).flip(1))  # time + position, as the reference adds them
+    if "positions" not in memo:
+        memo["positions"] = position_windows(tables.position, SERVING_ROWS)
+    windows, offset = memo["positions"], P  # [H, SERVING_ROWS, P + SERVING_ROWS]
+    if rows > windows.shape[1] or start > offset or keys - start > windows.shape[1]:  # past serving's blocks
+        windows, offset = position_windows(tables.position, rows, offset=start, width=keys), start  # this block's own
+    return bias.add_(windows[:, :rows, offset - start : offset - start + keys])  # time + position, as the reference adds
+
+
+def position_windows(position: torch.Tensor, rows: int, offset: int | None = None, width: int | None = None) -> torch.Tensor:
+    """W [H, rows, width], W[h, r, c] = position[clamp(r − c + offset, 0, P − 1), h]; offset P and width
+    P + rows unless given. For queries [start, start + rows) × keys [0, keys) with start ≤ offset and
+    keys − start ≤ width − offset, W[:, :rows, offset − start : offset − start + keys] is their position
+    bias (there r − c + offset = n − j): one view for every such block, of any call."""
+    P = position.shape[0]
+    offset = P if offset is None else offset
+    width = P + rows if width is None else width
+    r, c = torch.arange(rows, device=position.device), torch.arange(width, device=position.device)
+    return position.t()[:, (r[:, None] - c[None, :] + offset).clamp_(0, P - 1)]
 
 
 def block_mask(tables: BiasTables, start: int, stop: int, strict: bool) -> torch.Tensor:

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from causalgr.models.kernels.bias import (
+    SERVING_ROWS,
     BiasTables,
     add_block_bias,
     bias_table_grads,
@@ -37,7 +38,6 @@ from causalgr.models.kernels.bias import (
 
 SLAB_ELEMENTS = 2**21  # 8 MB of float32 scores per block
 MIN_ROWS = 16
-SERVING_ROWS = 128  # serving (one user): small blocks skip most of the masked upper triangle
 
 
 def _allowed_over_count(start: int, stop: int, strict: bool, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
