@@ -148,12 +148,17 @@ def block_mask(tables: BiasTables, start: int, stop: int, strict: bool) -> torch
     else 0 — mask and normaliser in one. Made once per call and block when `tables.blocks` is a dict."""
     memo = tables.blocks if tables.blocks is not None else {}
     if ("mask", start, stop, strict) not in memo:
-        dtype, device = tables.position.dtype, tables.position.device
-        rows = torch.arange(start, stop, device=device)[:, None]
-        cols = torch.arange(stop, device=device)[None, :]
-        allowed = cols < rows if strict else cols <= rows
-        memo[("mask", start, stop, strict)] = allowed.to(dtype) / (rows + 1).to(dtype)
+        memo[("mask", start, stop, strict)] = allowed_over_count(start, stop, strict, tables.position.dtype,
+                                                                 tables.position.device)
     return memo[("mask", start, stop, strict)]
+
+
+def allowed_over_count(start: int, stop: int, strict: bool, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """[rows, stop]: 1/(n + 1) where key j may be seen by query n, else 0 — mask and normaliser in one."""
+    rows = torch.arange(start, stop, device=device)[:, None]
+    cols = torch.arange(stop, device=device)[None, :]
+    allowed = cols < rows if strict else cols <= rows
+    return allowed.to(dtype) / (rows + 1).to(dtype)
 
 
 def warm_bias(tables: BiasTables, new: int, targets: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

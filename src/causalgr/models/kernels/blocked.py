@@ -28,6 +28,7 @@ from causalgr.models.kernels.bias import (
     SERVING_ROWS,
     BiasTables,
     add_block_bias,
+    allowed_over_count,
     bias_table_grads,
     block_bias,
     block_mask,
@@ -38,14 +39,6 @@ from causalgr.models.kernels.bias import (
 
 SLAB_ELEMENTS = 2**21  # 8 MB of float32 scores per block
 MIN_ROWS = 16
-
-
-def _allowed_over_count(start: int, stop: int, strict: bool, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """[rows, stop]: 1/(n + 1) where key j may be seen by query n, else 0 — mask and normaliser in one."""
-    rows = torch.arange(start, stop, device=device)[:, None]
-    cols = torch.arange(stop, device=device)[None, :]
-    allowed = cols < rows if strict else cols <= rows
-    return allowed.to(dtype) / (rows + 1).to(dtype)
 
 
 def _scores(q_block: torch.Tensor, k: torch.Tensor, tables: BiasTables, start: int, stop: int):
@@ -80,7 +73,7 @@ def blocked_forward(
     for start in range(0, L, block):
         stop = min(start + block, L)
         scores, _, _ = _scores(q[:, :, start:stop], k, tables, start, stop)
-        weights = F.silu(scores, inplace=True).mul_(_allowed_over_count(start, stop, strict, q.dtype, q.device))
+        weights = F.silu(scores, inplace=True).mul_(allowed_over_count(start, stop, strict, q.dtype, q.device))
         out[:, :, start:stop] = weights @ x[:, :, :stop]
         if y is not None:
             diagonal = weights[..., start:stop].diagonal(dim1=-2, dim2=-1)  # A_nn, [B, H, rows]
@@ -193,7 +186,7 @@ def blocked_backward(
         slope = torch.sigmoid(scores)  # σ(s) for now
         weights = scores.mul_(slope)  # SiLU(s) = s·σ, over the scores
         slope.addcmul_(weights, slope, value=-1.0).add_(weights)  # SiLU'(s) = σ + SiLU(s)·(1 − σ), over σ
-        mask = _allowed_over_count(start, stop, strict, q.dtype, q.device)
+        mask = allowed_over_count(start, stop, strict, q.dtype, q.device)
         weights.mul_(mask)  # A, [B, H, rows, stop]
         grad_x[:, :, :stop] += weights.transpose(-2, -1) @ grad_block
         if y is not None:
