@@ -28,7 +28,7 @@ from causalgr.models.cache import EncoderCache, LayerCache
 from causalgr.models.config import ModelConfig
 from causalgr.models.heads import merge_heads, split_heads
 from causalgr.models.kernels import BiasTables
-from causalgr.models.kernels.bias import SERVING_ROWS, position_windows
+from causalgr.models.kernels.bias import SERVING_ROWS, position_windows, sums_table
 
 
 WARM_TOKENS = 32  # at most this many new tokens share a pass with the targets; more run blocked (`extend`)
@@ -61,10 +61,8 @@ class RelativeBias(nn.Module):
             return BiasTables(*weights, timestamps, blocks={})
         version = tuple((w.data_ptr(), w._version) for w in weights)
         if getattr(self, "_made", (None, None))[0] != version:
-            (P, H), buckets = self.position.weight.shape, self.time.weight.shape[0]
             position, time = (w.detach() for w in weights)
-            self._made = version, {"sums": (position[:, None] + time[None]).view(P * buckets, H).t(),  # [H, P·Tb]
-                                   "positions": position_windows(position, SERVING_ROWS)}
+            self._made = version, {"sums": sums_table(position, time), "positions": position_windows(position, SERVING_ROWS)}
         return BiasTables(*weights, timestamps, blocks=dict(self._made[1]))
 
 

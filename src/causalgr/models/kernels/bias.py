@@ -86,12 +86,18 @@ def block_bias(tables: BiasTables, start: int, stop: int, keys: int) -> torch.Te
         else:
             (P, H), buckets = tables.position.shape, tables.time.shape[0]
             if "sums" not in memo:
-                memo["sums"] = (tables.position[:, None] + tables.time[None]).view(P * buckets, H).t()  # [H, P·Tb]
+                memo["sums"] = sums_table(tables.position, tables.time)
             distance = distances(start, stop, keys, P, tables.timestamps.device)  # [rows, keys]
             bucket = time_buckets(tables.timestamps, start, stop, keys, buckets)  # [B, rows, keys]
             bias = memo["sums"][:, distance * buckets + bucket].transpose(0, 1).contiguous()  # [B, H, rows, keys]
         memo[(start, stop, keys)] = bias
     return memo[(start, stop, keys)]
+
+
+def sums_table(position: torch.Tensor, time: torch.Tensor) -> torch.Tensor:
+    """[H, P·Tb]: position[d] + time[b] at column d·Tb + b, every sum the bias can take."""
+    (P, H), buckets = position.shape, time.shape[0]
+    return (position[:, None] + time[None]).view(P * buckets, H).t()
 
 
 def _in_order(tables: BiasTables, memo: dict) -> bool:
