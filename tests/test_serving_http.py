@@ -19,6 +19,7 @@ import pytest
 
 import causalgr
 from causalgr.cli import main
+from causalgr.data.errors import DataError
 from causalgr.errors import ConfigError
 from causalgr.serving import Ranker
 from causalgr.serving.http import create_app
@@ -300,6 +301,25 @@ def test_the_load_test_refuses_a_url_off_this_machine_in_one_line(url, monkeypat
         main()
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and err.startswith("error: url: ") and err.count("\n") == 1, err
+
+
+def test_a_run_folder_serves_alone_with_the_item_ids_it_keeps(run, item_ids, tmp_path):
+    import shutil
+
+    alone = tmp_path / "copied-run"
+    shutil.copytree(run, alone)
+    config = alone / "config.yaml"
+    config.write_text(config.read_text().replace(str(run.parent / "data"), str(tmp_path / "no-such-data")))
+    assert str(tmp_path / "no-such-data") in config.read_text()
+    originals = sorted(item_ids)[:3]
+    history = dict(items=originals[:2], timestamps=[10, 20], labels=[[1, 0], [0, 1]])
+    kept = Ranker.from_run(alone).rank_with_details(**history, candidates=originals[2:], timestamp=30)
+    np.testing.assert_array_equal(kept.probabilities, Ranker.from_run(run).rank(**history, candidates=originals[2:],
+                                                                                timestamp=30))
+    assert kept.unknown_items == []
+    (alone / "item_ids.parquet").unlink()  # and without them: the missing data folder, in one line
+    with pytest.raises(DataError, match="no-such-data.*not found"):
+        Ranker.from_run(alone)
 
 
 def test_the_load_test_check_needs_the_run():

@@ -112,9 +112,10 @@ def test_run_folder_contents_and_metrics(tiny_data, tmp_path):
     config = tiny_config(tiny_data, "train.epochs=2", "train.task_weights={share: 0.5}")
     result = train(config, tmp_path / "run").metrics
     run = tmp_path / "run"
-    for name in ("config.yaml", "metrics.jsonl", "metrics.json", "checkpoint/model.safetensors",
+    for name in ("config.yaml", "item_ids.parquet", "metrics.jsonl", "metrics.json", "checkpoint/model.safetensors",
                  "checkpoint/state.pt", "checkpoint/best.safetensors", "curves.png"):
         assert (run / name).is_file(), name
+    assert (run / "item_ids.parquet").read_bytes() == (tiny_data / "item_ids.parquet").read_bytes()
     assert load_config(run / "config.yaml") == config
     assert json.loads((run / "metrics.json").read_text()) == result
     data = load_prepared(tiny_data)

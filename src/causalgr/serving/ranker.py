@@ -76,9 +76,10 @@ class Ranker:
     @classmethod
     def from_run(cls, run: RunDir | Path | str, *, data: Path | str | None = None, weights: str = "best",
                  device: str = "cpu", **options) -> Ranker:
-        """The ranker of a `causalgr train` run folder: its `weights`, and the item ids of its
-        prepared data (`data`, default the run's `data.path`). `DataError` naming the file when
-        the run or the data cannot be read."""
+        """The ranker of a `causalgr train` run folder: its `weights`, and the item ids it keeps
+        (`item_ids.parquet`), or those of the prepared data folder `data` when given (or of the
+        run's `data.path`, for a run that keeps none). `DataError` naming the file when the run
+        or the ids cannot be read."""
         run = run if isinstance(run, RunDir) else RunDir(run)
         try:
             model, config = load_run(run, weights, device)
@@ -86,7 +87,13 @@ class Ranker:
             raise
         except (OSError, ValueError, TypeError, KeyError, RuntimeError, SafetensorError) as err:
             raise DataError(f"{run.path}: cannot load the run: {_first_line(err)}") from None
-        items = read_item_index(Path(data if data is not None else config.data.path), model.config.num_items)
+        if data is not None:
+            ids = Path(data) / ITEM_IDS
+        elif run.item_ids_file.is_file():
+            ids = run.item_ids_file
+        else:  # a run trained before runs kept their item ids
+            ids = Path(config.data.path) / ITEM_IDS
+        items = read_item_index(ids, model.config.num_items)
         ranker = cls(model, items, **options)
         ranker.run = run.path
         return ranker
@@ -208,11 +215,12 @@ def history_batch(history: History, device: torch.device | str = "cpu") -> Batch
                  lengths=torch.tensor([len(history)], device=device))
 
 
-def read_item_index(data: Path, num_items: int) -> ItemIndex:
-    """The original ↔ dense item ids of a prepared dataset; `DataError` if missing or not the model's."""
-    path = data / ITEM_IDS
+def read_item_index(path: Path, num_items: int) -> ItemIndex:
+    """The original ↔ dense item ids in `path` (a run's or a prepared dataset's item_ids.parquet);
+    `DataError` if missing or not the model's."""
     if not path.is_file():
-        raise DataError(f"{path}: not found; the run's prepared data (config.yaml data.path, or --data) holds its item ids")
+        raise DataError(f"{path}: not found; a run keeps its item ids, or names its prepared data "
+                        "(config.yaml data.path, or --data)")
     try:
         table = pl.read_parquet(path, columns=["item", "item_id"])
     except (OSError, pl.exceptions.PolarsError) as err:

@@ -2,6 +2,7 @@
 
     config.yaml                  the resolved `TrainConfig`
     model.json                   the full `ModelConfig`: the model can be rebuilt without the data
+    item_ids.parquet             the prepared data's item ids (dense ↔ original): serving needs the run alone
     metrics.jsonl                one record per finished epoch
     metrics.json                 when done: best epoch's validation metrics, test metrics, timings
     checkpoint/state.pt          weights, optimizer, scheduler, RNG states, counters (resume reads this alone)
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +31,7 @@ from pathlib import Path
 import torch
 
 from causalgr.data.errors import DataError
+from causalgr.data.prepared import ITEM_IDS
 from causalgr.models import ModelConfig
 from causalgr.training.config import TrainConfig, read_config_file, to_yaml, validate_config
 from causalgr.training.metrics import json_safe
@@ -59,6 +62,10 @@ class RunDir:
     @property
     def model_file(self) -> Path:
         return self.path / "model.json"
+
+    @property
+    def item_ids_file(self) -> Path:
+        return self.path / ITEM_IDS
 
     @property
     def history_file(self) -> Path:
@@ -134,6 +141,13 @@ class RunDir:
 
     def write_model_config(self, config: ModelConfig) -> None:
         atomic_write(self.model_file, lambda p: p.write_text(json.dumps(config.to_dict(), indent=2) + "\n"))
+
+    def keep_item_ids(self, data: Path | str | None) -> None:
+        """A copy of the item ids of the prepared data folder `data`, when it has them and this run
+        has none yet: the ranker (`Ranker.from_run`) then needs the run folder alone."""
+        source = None if data is None else Path(data) / ITEM_IDS
+        if source is not None and source.is_file() and not self.item_ids_file.is_file():
+            atomic_write(self.item_ids_file, lambda p: shutil.copyfile(source, p))
 
     def read_history(self, last_epoch: int | None = None) -> list[dict]:
         """The per-epoch records, up to `last_epoch` (later ones belong to an epoch the checkpoint lost)."""

@@ -186,6 +186,7 @@ def train(
         if ranks.is_main:
             run.create()
             run.write_config(config)
+            run.keep_item_ids(config.data.path)
         with _torch_settings(ranks.threads(t.threads), t.deterministic):
             session = _Run(config, data, run, ranks)
             try:
