@@ -19,7 +19,8 @@ def register(app: typer.Typer) -> None:
         out: Path = typer.Option(..., "--out", help="the torch.export package to write, e.g. ranker.pt2"),
         aoti: Optional[Path] = typer.Option(None, "--aoti", help="also compile an AOTInductor package to this path "
                                             "(needs a C++ compiler; takes minutes)"),
-        data: Optional[Path] = typer.Option(None, "--data", help="the run's prepared data (default: its data.path)"),
+        data: Optional[Path] = typer.Option(None, "--data",
+                                            help="take the item ids from this prepared data (default: the run's own)"),
         weights: str = typer.Option("best", "--weights", help="best or latest"),
         max_candidates: int = typer.Option(Limits.max_candidates, "--max-candidates", min=2,
                                            help="the most candidates one call of the package takes"),
