@@ -28,7 +28,7 @@ from causalgr.models.cache import EncoderCache, LayerCache
 from causalgr.models.config import ModelConfig
 from causalgr.models.heads import merge_heads, split_heads
 from causalgr.models.kernels import BiasTables
-from causalgr.models.kernels.bias import SERVING_ROWS, position_windows, sums_table
+from causalgr.models.kernels.bias import weight_memo
 
 
 WARM_TOKENS = 32  # at most this many new tokens share a pass with the targets; more run blocked (`extend`)
@@ -53,16 +53,15 @@ class RelativeBias(nn.Module):
 
     def serving(self, timestamps: torch.Tensor) -> BiasTables:
         """The tables with a `blocks` memo for one serving call (`bias.block_bias`), holding already
-        what depends on the weights alone — the position + time sums table and the position
-        windows (`bias.position_windows`) — made again only when the weights change. Under
+        what depends on the weights alone (`bias.weight_memo`: the position + time sums table and
+        the position windows), made again only when the weights change. Under
         torch.export or torch.compile (no data pointers to key on) the call makes its own."""
         weights = (self.position.weight, self.time.weight)
         if torch.compiler.is_compiling():
             return BiasTables(*weights, timestamps, blocks={})
         version = tuple((w.data_ptr(), w._version) for w in weights)
         if getattr(self, "_made", (None, None))[0] != version:
-            position, time = (w.detach() for w in weights)
-            self._made = version, {"sums": sums_table(position, time), "positions": position_windows(position, SERVING_ROWS)}
+            self._made = version, weight_memo(*(w.detach() for w in weights))
         return BiasTables(*weights, timestamps, blocks=dict(self._made[1]))
 
 

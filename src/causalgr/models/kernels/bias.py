@@ -94,6 +94,13 @@ def block_bias(tables: BiasTables, start: int, stop: int, keys: int) -> torch.Te
     return memo[(start, stop, keys)]
 
 
+def weight_memo(position: torch.Tensor, time: torch.Tensor) -> dict:
+    """The part of a serving memo that depends on the weights alone, for a caller to keep between
+    calls (`RelativeBias.serving`): the sums table (`block_bias`'s gather) and the position
+    windows (`_bias_in_order`), under the keys those read. A memo without them makes each when needed."""
+    return {"sums": sums_table(position, time), "positions": position_windows(position, SERVING_ROWS)}
+
+
 def sums_table(position: torch.Tensor, time: torch.Tensor) -> torch.Tensor:
     """[H, P·Tb]: position[d] + time[b] at column d·Tb + b, every sum the bias can take."""
     (P, H), buckets = position.shape, time.shape[0]
