@@ -174,27 +174,6 @@ def allowed_over_count(start: int, stop: int, strict: bool, dtype: torch.dtype, 
     return allowed.to(dtype) / (rows + 1).to(dtype)
 
 
-def warm_bias(tables: BiasTables, new: int, targets: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """A warm request's rows (`blocked.warm_forward`), made once per call and memoised in
-    `tables.blocks`: M = `new` tokens at positions S − M..S − 1, then `targets` rows at position S
-    and time tables.timestamps[:, S], over the S = tables.timestamps.shape[1] − 1 keys. Returns the
-    rab [B·H, M + K, S] (`block_bias` of positions S − M..S, equal bit for bit to the reference's)
-    and the mask over the count, 1/(n + 1) where key j ≤ position n, else 0: [M + K, S] — the
-    targets share one row, made once; with no new tokens both come as that one row, to be
-    broadcast — and the rab of a target's own key, [H, 1]."""
-    memo = tables.blocks if tables.blocks is not None else {}
-    if ("warm", new, targets) not in memo:
-        (B, S), H = tables.timestamps[:, 1:].shape, tables.position.shape[1]
-        bias = block_bias(tables, S - new, S + 1, S)  # [B, H, M + 1, S]: the new tokens', then the targets' row
-        over_count = block_mask(tables, S - new, S + 1, False)[:, :S]  # [M + 1, S]
-        if new:  # the target row once per target: [M + K] rows
-            rows = torch.cat([torch.arange(new), torch.full((targets,), new)]).to(bias.device)
-            bias, over_count = bias.index_select(2, rows), over_count.index_select(0, rows)
-        own = (tables.position[0] + tables.time[0])[:, None]  # [H, 1]: a target's own key, distance 0 and gap 0
-        memo[("warm", new, targets)] = bias.reshape(B * H, bias.shape[2], S), over_count, own
-    return memo[("warm", new, targets)]
-
-
 def bias_table_grads(
     grad_scores: torch.Tensor, distance: torch.Tensor, bucket: torch.Tensor, position: torch.Tensor, time: torch.Tensor
 ) -> None:

@@ -34,7 +34,6 @@ from causalgr.models.kernels.bias import (
     block_mask,
     distances,
     time_buckets,
-    warm_bias,
 )
 
 SLAB_ELEMENTS = 2**21  # 8 MB of float32 scores per block
@@ -105,13 +104,16 @@ def serving_forward(
     return out
 
 
-def _weights(q: torch.Tensor, k: torch.Tensor, bias: torch.Tensor, over_count: torch.Tensor | float) -> torch.Tensor:
-    """Serving's A = SiLU(q·kᵀ/√d + rab) ⊙ over_count for q [B, H, R, dh] over k [B, H, S, dh]:
-    [B, H, R, S]. bias [B·H, R, S] (or a row to broadcast) is the batched matmul's addend."""
+def _weights(q: torch.Tensor, k: torch.Tensor, bias: torch.Tensor, over_count: torch.Tensor | None = None) -> torch.Tensor:
+    """Serving's SiLU(q·kᵀ/√d + rab) ⊙ over_count for q [B, H, R, dh] over k [B, H, S, dh]:
+    [B, H, R, S]. bias [B·H, R, S] (or a row to broadcast) is the batched matmul's addend. Without
+    `over_count` (every row sees every key) the caller divides by the count after the matmul with
+    the values, on [R, dh] rather than on this slab."""
     B, H, R, dh = q.shape
     S = k.shape[-2]
     scores = torch.baddbmm(bias, q.reshape(B * H, R, dh), k.reshape(B * H, S, dh).transpose(1, 2), alpha=dh**-0.5)
-    return F.silu(scores, inplace=True).mul_(over_count).view(B, H, R, S)
+    weights = F.silu(scores, inplace=True)
+    return (weights if over_count is None else weights.mul_(over_count)).view(B, H, R, S)
 
 
 def blocked_after_forward(
@@ -128,35 +130,38 @@ def blocked_after_forward(
     out = x.new_empty(*q.shape[:-1], x.shape[-1])
     for start in range(0, K, block):
         stop = min(start + block, K)
-        out[:, :, start:stop] = _weights(q[:, :, start:stop], k, bias, 1.0 / (L + 1)) @ x
-    return out
+        out[:, :, start:stop] = _weights(q[:, :, start:stop], k, bias) @ x
+    return out.div_(L + 1)
 
 
 def warm_forward(
     q: torch.Tensor, k_t: torch.Tensor, v_t: torch.Tensor, k: torch.Tensor, x: torch.Tensor, y: torch.Tensor | None,
     tables: BiasTables, new: int,
 ) -> torch.Tensor:
-    """A warm request's one slab per layer: q [B, H, M + K, dh] holds M new tokens at positions
-    L..L + M − 1, then K targets at position L + M; k, x [B, H, L + M, dh] the cached keys and
-    values followed by the new tokens' (mvp: x = v + u, y [B, H, M, dh] the new tokens' u);
-    k_t, v_t [B, H, K, dh] the targets' own key and value; tables.timestamps [B, L + M + 1], the
-    targets' time last. New token n sees keys j ≤ n (u_j for j < n); a target sees every key
-    and itself. Equals `blocked_forward` for the new tokens, then `blocked_after_forward` plus the
-    own term (`attention.target_pointwise_attention`) for the targets: [B, H, M + K, dh].
+    """A warm request, one layer: q [B, H, M + K, dh] holds M new tokens at positions L..L + M − 1,
+    then K targets at position L + M; k, x [B, H, L + M, dh] the cached keys and values followed
+    by the new tokens' (mvp: x = v + u, y [B, H, M, dh] the new tokens' u); k_t, v_t [B, H, K, dh]
+    the targets' own key and value; tables.timestamps [B, L + M + 1], the targets' time last. New
+    token n sees keys j ≤ n (u_j for j < n); a target sees every key and itself. Equals
+    `blocked_forward` for the new tokens, then `blocked_after_forward` plus the own term
+    (`attention.target_pointwise_attention`) for the targets: [B, H, M + K, dh].
 
-    The bias and the mask of the M + K rows are made once per call (`bias.warm_bias`) and shared
-    by the layers; the scores are one batched matmul with the bias as its addend (`_weights`).
+    The M rows and the K target rows are a slab each: the targets share one bias row (broadcast
+    as the matmul's addend) and one count, applied after the matmul with the values. The bias
+    and mask rows are made once per call and shared by the layers (`bias.block_bias`).
     """
-    R, dh = q.shape[-2:]
-    S, scale = k.shape[-2], 1.0 / math.sqrt(dh)
-    bias, over_count, own_bias = warm_bias(tables, new, R - new)  # [B·H, M + K, S], [M + K, S], [H, 1]
-    weights = _weights(q, k, bias, over_count)  # A, zero where masked: [B, H, M + K, S]
-    out = weights @ x  # [B, H, M + K, dh]
-    if y is not None and new:  # the new tokens' own action values: A_nn·u_n, which j < n forbids
-        out[:, :, :new] -= weights[..., :new, S - new :].diagonal(dim1=-2, dim2=-1)[..., None] * y
-    own = F.silu(torch.add(own_bias, (q[:, :, new:] * k_t).sum(-1), alpha=scale))  # [B, H, K]
-    out[:, :, new:].addcmul_(own.div_(S + 1)[..., None], v_t)  # + A(q_t, k_t)·v_t, the target's own term
-    return out
+    S, dh = k.shape[-2], q.shape[-1]
+    rows = block_bias(tables, S - new, S + 1, S).flatten(0, 1)  # [B·H, M + 1, S]: the new tokens', then the targets'
+    own_bias = (tables.position[0] + tables.time[0])[:, None]  # [H, 1]: a target's own key, distance 0, gap 0
+    own = F.silu(torch.add(own_bias, (q[:, :, new:] * k_t).sum(-1), alpha=dh**-0.5))  # [B, H, K]
+    targets = (_weights(q[:, :, new:], k, rows[:, new:]) @ x).addcmul_(own[..., None], v_t).div_(S + 1)
+    if not new:
+        return targets
+    weights = _weights(q[:, :, :new], k, rows[:, :new], block_mask(tables, S - new, S, False))  # [B, H, M, S]
+    continued = weights @ x
+    if y is not None:  # the new tokens' own action values: A_nn·u_n, which j < n forbids
+        continued -= weights[..., S - new :].diagonal(dim1=-2, dim2=-1)[..., None] * y
+    return torch.cat([continued, targets], dim=2)
 
 
 def _matmul_into(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
