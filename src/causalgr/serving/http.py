@@ -168,9 +168,11 @@ def _event_arrays(events: list[Event], tasks: tuple[str, ...], where: str) -> di
     if not named.issubset(tasks):  # only then find the first event at fault
         n, task = next((n, task) for n, e in enumerate(events) for task in e.actions if task not in tasks)
         raise _unprocessable(["body", where, n, "actions", task], f"unknown task; the model's tasks are {', '.join(tasks)}")
-    labels = np.array([[e.actions.get(task, 0) for task in tasks] for e in events], dtype=np.float32)
+    labels = np.zeros((len(events), len(tasks)), dtype=np.float32)
+    for t, task in enumerate(tasks):  # a column at a time: a list per task, not a list per event
+        labels[:, t] = [e.actions.get(task, 0) for e in events]
     return dict(items=[e.item for e in events], timestamps=[e.timestamp for e in events],
-                labels=labels.reshape(len(events), len(tasks)), action_values=[e.action_value for e in events])
+                labels=labels, action_values=[e.action_value for e in events])
 
 
 def _location(err: InvalidInput, events: str) -> list:
