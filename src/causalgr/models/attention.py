@@ -278,7 +278,7 @@ def warm_pointwise_attention(
     k_t, v_t [B, H, K, dh]: the targets' own; bias.timestamps [B, L + M + 1], the targets' time last.
     Exactly `pointwise_attention` for the new tokens (a continuation) followed by
     `target_pointwise_attention(after=True)` for the targets, which see every key — mvp: with its
-    action value — and themselves. The fast engine is one slab per layer (`kernels.warm_forward`).
+    action value — and themselves. The fast engine is one call per layer (`kernels.warm_forward`).
     """
     if engine == "reference":
         S = k.shape[-2]

@@ -9,7 +9,7 @@ the target-aware mask (`attention.target_aware_pointwise_attention`).
 Serving (`extend`, `targets`): the history's per-layer keys and values are kept in an
 `EncoderCache`; new tokens continue it, and K target tokens at position L read it. `serve`
 does both; a warm request (a few new tokens, then the targets) runs them through each layer
-together: one projection and one attention slab (`attention.warm_pointwise_attention`).
+together: one projection and one attention call (`attention.warm_pointwise_attention`).
 """
 
 from __future__ import annotations
@@ -109,7 +109,7 @@ class STULayer(nn.Module):
         self, x: torch.Tensor, bias: BiasTables, cache: LayerCache, actions: torch.Tensor | None, new: int
     ) -> tuple[torch.Tensor, LayerCache]:
         """`extend` of the first `new` tokens of x [1, M + K, D], then `targets` of the K after them,
-        in one projection and one attention slab. Returns all M + K outputs and the cache with the
+        in one projection and one attention call. Returns all M + K outputs and the cache with the
         M new tokens appended."""
         gate, q, k, v = self.project(x)
         if new:
@@ -187,7 +187,7 @@ class HSTUEncoder(nn.Module):
         """Serving: `extend` by the new tokens x, then — with `targets` [1, K, D] at `timestamp` —
         `targets` after the extended cache: (the new tokens' states [1, M, D], the extended cache,
         the targets' states [1, K, D] or None). With a fast engine and at most WARM_TOKENS new
-        tokens, both go through each layer as one slab (`STULayer.warm`); otherwise in turn."""
+        tokens, both go through each layer together (`STULayer.warm`); otherwise in turn."""
         M, first = x.shape[1], self.layers[0]
         if first.engine == "reference" or targets is None or M > WARM_TOKENS:  # M last: export keeps it symbolic
             h, cache = self.extend(x, timestamps, cache, actions)

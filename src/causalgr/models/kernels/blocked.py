@@ -11,7 +11,7 @@ and the bias tables instead of storing them, so training memory stays linear in 
 Serving (one user, forward only) has three shapes: `serving_forward`, a history or the last Lq
 of its L positions (new events continuing a cached history); `blocked_after_forward`, K target
 queries that all sit at position L, after every key (the ranker's candidates); `warm_forward`,
-a few new tokens and the targets after them as one slab (a warm request: one pass per layer).
+a few new tokens and the targets after them (a warm request: one pass per layer).
 Serving's tables carry a `blocks` memo (`bias.block_bias`, `bias.block_mask`): each block's
 bias and mask are made once per call, for every layer, and each block's scores are one batched
 matmul with the bias as its addend (`_weights`).
