@@ -16,6 +16,7 @@ import httpx
 import numpy as np
 import polars as pl
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 import causalgr
 from causalgr.cli import main
@@ -193,6 +194,19 @@ def test_health_model_and_metrics(client):
     text = client.get("/metrics").text
     assert 'causalgr_requests_total{route="/v1/rank",status="200"}' in text
     assert "causalgr_request_seconds_bucket" in text and "causalgr_cache_users" in text
+
+
+def test_metrics_split_each_request_into_ranker_time_and_the_rest(run, item_ids):
+    app = InProcess(create_app(Ranker.from_run(run)))
+    for _ in range(3):
+        assert app.post("/v1/rank", json=rank_body(item_ids)).status_code == 200
+    assert app.post("/v1/rank", json=rank_body(item_ids, timestamp=1)).status_code == 422  # refused by the ranker
+    assert app.post("/v1/rank", json={"candidates": []}).status_code == 422  # refused before it
+    samples = {(s.name, s.labels.get("route")): s.value for family in text_string_to_metric_families(app.get("/metrics").text)
+               for s in family.samples}
+    assert samples[("causalgr_request_seconds_count", "/v1/rank")] == 5
+    assert samples[("causalgr_ranker_seconds_count", "/v1/rank")] == 4  # a refusal by the ranker counts, by pydantic not
+    assert 0 < samples[("causalgr_ranker_seconds_sum", "/v1/rank")] < samples[("causalgr_request_seconds_sum", "/v1/rank")]
 
 
 def free_port() -> int:
