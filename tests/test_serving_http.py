@@ -186,7 +186,8 @@ def test_a_body_over_the_limit_is_a_413(client, item_ids):
     assert response.status_code == 413 and "content-length" not in response.request.headers
 
 
-def test_health_model_and_metrics(client):
+def test_health_model_and_metrics(client, item_ids):
+    assert client.post("/v1/rank", json=rank_body(item_ids)).status_code == 200
     assert client.get("/healthz").json() == {"status": "ok"}
     info = client.get("/v1/model").json()
     assert (info["formulation"], info["tasks"], info["max_history"]) == ("lfa", list(TASKS), 15)
