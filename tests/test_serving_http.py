@@ -203,11 +203,13 @@ def test_metrics_split_each_request_into_ranker_time_and_the_rest(run, item_ids)
         assert app.post("/v1/rank", json=rank_body(item_ids)).status_code == 200
     assert app.post("/v1/rank", json=rank_body(item_ids, timestamp=1)).status_code == 422  # refused by the ranker
     assert app.post("/v1/rank", json={"candidates": []}).status_code == 422  # refused before it
+    assert app.post("/v1/users/u1/events", json={"events": rank_body(item_ids)["history"]}).status_code == 200
     samples = {(s.name, s.labels.get("route")): s.value for family in text_string_to_metric_families(app.get("/metrics").text)
                for s in family.samples}
     assert samples[("causalgr_request_seconds_count", "/v1/rank")] == 5
     assert samples[("causalgr_ranker_seconds_count", "/v1/rank")] == 4  # a refusal by the ranker counts, by pydantic not
     assert 0 < samples[("causalgr_ranker_seconds_sum", "/v1/rank")] < samples[("causalgr_request_seconds_sum", "/v1/rank")]
+    assert samples[("causalgr_ranker_seconds_count", "/v1/users/{user}/events")] == 1  # the route, not the user
 
 
 def free_port() -> int:

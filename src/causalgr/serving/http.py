@@ -105,7 +105,7 @@ def create_app(ranker: Ranker, limits: Limits = Limits()) -> FastAPI:
         _check_count(["body", "history"], len(body.history), limits.max_history_events, "history events")
         try:
             result = await run_in_threadpool(
-                metrics.timed("/v1/rank", ranker.rank_with_details), **_event_arrays(body.history, ranker.tasks, "history"),
+                metrics.timed(_route(request), ranker.rank_with_details), **_event_arrays(body.history, ranker.tasks, "history"),
                 user=body.user, candidates=body.candidates, timestamp=body.timestamp,
             )
         except InvalidInput as err:
@@ -121,13 +121,18 @@ def create_app(ranker: Ranker, limits: Limits = Limits()) -> FastAPI:
         body = await _parsed(request, EventsRequest)
         _check_count(["body", "events"], len(body.events), limits.max_history_events, "events")
         try:
-            unknown = await run_in_threadpool(metrics.timed("/v1/users/{user}/events", ranker.observe), user,
+            unknown = await run_in_threadpool(metrics.timed(_route(request), ranker.observe), user,
                                               **_event_arrays(body.events, ranker.tasks, "events"))
         except InvalidInput as err:
             raise _unprocessable(["path", "user"] if err.field == "user" else _location(err, "events"), err.message) from None
         return {"user": user, "unknown_items": unknown}
 
     return app
+
+
+def _route(request: Request) -> str:
+    """The matched route's path, as `Measured` labels it ("/v1/users/{user}/events", not the user's)."""
+    return request.scope["route"].path
 
 
 def _one_malloc_arena() -> None:
