@@ -35,6 +35,7 @@ from causalgr.models.kernels import (
     softmax_diagonal,
     warm_forward,
 )
+from causalgr.models.kernels.bias import own_key_bias
 from causalgr.models.kernels.blocked import block_rows
 from causalgr.models.timegaps import log_bucket
 
@@ -262,7 +263,7 @@ def target_pointwise_attention(
     else:
         history = pointwise_attention(q_t, k_h, v_h, bias, strict=True, engine=engine)
         count = torch.arange(1, L + 1, device=q_t.device, dtype=q_t.dtype)
-    own_bias = bias.position[0] + bias.time[0]  # [H]: distance 0, gap 0 (bucket 0)
+    own_bias = own_key_bias(bias)  # [H]
     own = F.silu((q_t * k_t).sum(-1) / math.sqrt(dh) + own_bias[:, None])  # [B, H, K]
     return history + (own / count)[..., None] * v_t
 

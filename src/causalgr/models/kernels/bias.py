@@ -101,6 +101,12 @@ def weight_memo(position: torch.Tensor, time: torch.Tensor) -> dict:
     return {"sums": sums_table(position, time), "positions": position_windows(position, SERVING_ROWS)}
 
 
+def own_key_bias(tables: BiasTables) -> torch.Tensor:
+    """rab of a query's own key — distance 0, time gap 0 (bucket 0) — [H]: what a target token adds
+    for itself (`attention.target_pointwise_attention`, `blocked.warm_forward`)."""
+    return tables.position[0] + tables.time[0]
+
+
 def sums_table(position: torch.Tensor, time: torch.Tensor) -> torch.Tensor:
     """[H, P·Tb]: position[d] + time[b] at column d·Tb + b, every sum the bias can take."""
     (P, H), buckets = position.shape, time.shape[0]

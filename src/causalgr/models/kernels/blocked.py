@@ -33,6 +33,7 @@ from causalgr.models.kernels.bias import (
     block_bias,
     block_mask,
     distances,
+    own_key_bias,
     time_buckets,
 )
 
@@ -152,7 +153,7 @@ def warm_forward(
     """
     S, dh = k.shape[-2], q.shape[-1]
     rows = block_bias(tables, S - new, S + 1, S).flatten(0, 1)  # [B·H, M + 1, S]: the new tokens', then the targets'
-    own_bias = (tables.position[0] + tables.time[0])[:, None]  # [H, 1]: a target's own key, distance 0, gap 0
+    own_bias = own_key_bias(tables)[:, None]  # [H, 1]
     own = F.silu(torch.add(own_bias, (q[:, :, new:] * k_t).sum(-1), alpha=dh**-0.5))  # [B, H, K]
     targets = (_weights(q[:, :, new:], k, rows[:, new:]) @ x).addcmul_(own[..., None], v_t).div_(S + 1)
     if not new:
