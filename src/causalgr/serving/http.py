@@ -105,7 +105,7 @@ def create_app(ranker: Ranker, limits: Limits = Limits()) -> FastAPI:
         _check_count(["body", "history"], len(body.history), limits.max_history_events, "history events")
         try:
             result = await run_in_threadpool(
-                metrics.timed(_route(request), ranker.rank_with_details), **_event_arrays(body.history, ranker.tasks, "history"),
+                metrics.timed(_route(request.scope), ranker.rank_with_details), **_event_arrays(body.history, ranker.tasks, "history"),
                 user=body.user, candidates=body.candidates, timestamp=body.timestamp,
             )
         except InvalidInput as err:
@@ -121,7 +121,7 @@ def create_app(ranker: Ranker, limits: Limits = Limits()) -> FastAPI:
         body = await _parsed(request, EventsRequest)
         _check_count(["body", "events"], len(body.events), limits.max_history_events, "events")
         try:
-            unknown = await run_in_threadpool(metrics.timed(_route(request), ranker.observe), user,
+            unknown = await run_in_threadpool(metrics.timed(_route(request.scope), ranker.observe), user,
                                               **_event_arrays(body.events, ranker.tasks, "events"))
         except InvalidInput as err:
             raise _unprocessable(["path", "user"] if err.field == "user" else _location(err, "events"), err.message) from None
@@ -130,9 +130,11 @@ def create_app(ranker: Ranker, limits: Limits = Limits()) -> FastAPI:
     return app
 
 
-def _route(request: Request) -> str:
-    """The matched route's path, as `Measured` labels it ("/v1/users/{user}/events", not the user's)."""
-    return request.scope["route"].path
+def _route(scope: dict) -> str:
+    """A request's metrics label: the matched route's path ("/v1/users/{user}/events", not the
+    user's), set on the scope by the router; "unmatched" when no route matched."""
+    route = scope.get("route")
+    return route.path if route is not None else "unmatched"
 
 
 def _one_malloc_arena() -> None:
@@ -231,8 +233,7 @@ class Measured:
         try:
             await self.app(scope, receive, sent)
         finally:
-            route = scope.get("route")  # set by the router on this scope when a route matched
-            self.metrics.observe(route.path if route is not None else "unmatched", status, time.perf_counter() - start)
+            self.metrics.observe(_route(scope), status, time.perf_counter() - start)
 
 
 class BodyLimit:
