@@ -22,6 +22,7 @@ def make_model(
     seed: int = 0,
     num_action_values: int = NUM_VALUES,
     layers: int = 2,
+    max_len: int = 32,
     **overrides,
 ):
     """A small untrained model in eval mode whose every input visibly reaches its logits.
@@ -41,7 +42,7 @@ def make_model(
         dim=16,
         layers=layers,
         heads=2,
-        max_len=32,
+        max_len=max_len,
         num_action_values=num_action_values,
         attention=attention,
         **overrides,

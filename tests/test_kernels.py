@@ -315,3 +315,28 @@ def test_triton_long_sequence_backward_on_cuda(variant):
         assert a.dtype == torch.float32
         tol = 1e-4 * b.abs().max().item()
         torch.testing.assert_close(a.double(), b, atol=tol, rtol=1e-4, msg=lambda m: f"{name}: {m}")
+
+
+@needs_cuda
+@needs_triton
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_triton_bfloat16_on_cuda(variant):
+    """Under bf16 autocast q, k, v and u reach the kernels in bfloat16 and the bias tables stay
+    float32: values and gradients against the blocked engine in float64 on the same (rounded)
+    inputs, each to 2% of its largest entry (bfloat16 keeps 8 bits of mantissa)."""
+    leaves, tables = make_inputs(2, 2, 300, 32, seed=7, dtype=torch.float32, device="cuda")
+    leaves = [t.detach().bfloat16().requires_grad_() for t in leaves]
+    leaves64 = [t.detach().double().requires_grad_() for t in leaves]
+    tables64 = BiasTables(*(t.detach().double().requires_grad_() if t.is_floating_point() else t for t in tables[:3]))
+
+    def used(leaves, tables):
+        return [*leaves[:3], tables.position, tables.time] + ([leaves[3]] if variant == "mvp" else [])
+
+    fast, fast_grads = values_and_grads(lambda: run(variant, *leaves, tables, engine="triton"), used(leaves, tables))
+    exact, exact_grads = values_and_grads(
+        lambda: run(variant, *leaves64, tables64, engine="blocked"), used(leaves64, tables64)
+    )
+    assert fast.dtype == torch.bfloat16
+    for name, a, b in zip(["out", "q", "k", "v", "position", "time", "u"], [fast, *fast_grads], [exact, *exact_grads]):
+        tol = 2e-2 * b.abs().max().item()
+        torch.testing.assert_close(a.double(), b, atol=tol, rtol=2e-2, msg=lambda m: f"{name}: {m}")

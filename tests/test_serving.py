@@ -48,8 +48,9 @@ def model_says(model, history: dict, candidate: int, timestamp: int) -> np.ndarr
         timestamps=torch.tensor([history["timestamps"] + [timestamp]]),
         lengths=torch.tensor([n + 1]),
     )
+    device = next(model.parameters()).device
     with torch.no_grad():
-        return torch.sigmoid(model(batch)[0, -1]).numpy()
+        return torch.sigmoid(model(batch.to(device))[0, -1]).cpu().numpy()
 
 
 def last_time(history: dict) -> int:
@@ -379,3 +380,27 @@ def test_the_bias_sums_kept_between_calls_follow_the_weights():
         for k, c in enumerate([3, 9]):
             want = model_says(ranker.model, joined(history, later), c, timestamp)
             np.testing.assert_allclose(probs[k], want, atol=ATOL, rtol=0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("formulation,backbone", CASES)
+def test_on_cuda_cold_and_warm_answers_are_the_model_at_the_appended_position(formulation, backbone):
+    """On a GPU (the model's default engines there: Triton for HSTU's history, SDPA for softmax),
+    a cold call and a warm one after observes and a slide past max_len equal the model's forward
+    on the same device, and the CPU ranker's answer to float32 noise."""
+    cpu_model = make_model(formulation, backbone, TASKS, max_len=200)  # several of Triton's 64-event blocks
+    model = make_model(formulation, backbone, TASKS, max_len=200).cuda()
+    ranker = Ranker(model)
+    history = events(260, seed=5)  # past max_len: the cold call cuts it, the cache slides
+    ranker.observe("user", **{key: values[:150] for key, values in history.items()})
+    ranker.observe("user", **{key: values[150:] for key, values in history.items()})
+    kept = {key: values[-(model.config.max_len - 1):] for key, values in history.items()}
+    candidates, timestamp = [5, 17, NUM_ITEMS, 1], last_time(history) + 60
+    cold = ranker.rank(**history, candidates=candidates, timestamp=timestamp)
+    warm = ranker.rank(user="user", candidates=candidates, timestamp=timestamp)
+    on_cpu = Ranker(cpu_model).rank(**history, candidates=candidates, timestamp=timestamp)
+    for k, c in enumerate(candidates):
+        expected = model_says(model, kept, c, timestamp)
+        np.testing.assert_allclose(cold[k], expected, atol=ATOL, rtol=0)
+        np.testing.assert_allclose(warm[k], expected, atol=ATOL, rtol=0)
+    np.testing.assert_allclose(cold, on_cpu, atol=1e-4, rtol=0)
