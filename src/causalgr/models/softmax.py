@@ -6,8 +6,9 @@ every layer also mixes action values u_j = W_a b(a_j) for j < n. `forward_with_t
 the same layers over `summed`'s history and target tokens under the target-aware mask
 (`attention.target_aware_softmax_attention`).
 
-Serving (`extend`, `targets`): the history's per-layer keys and values are kept in an
-`EncoderCache`; new tokens continue it, and K target tokens at position L read it.
+Serving (`extend`, `targets`, and `serve`, which runs both through each layer together): the
+history's per-layer keys and values are kept in an `EncoderCache`; new tokens continue it, and
+K target tokens at position L read it.
 """
 
 from __future__ import annotations
@@ -57,6 +58,23 @@ class TransformerLayer(nn.Module):
         q, k, v = self.project(x)
         history = cache.values if cache.actions is None else cache.values + cache.actions  # [1, H, L, dh]
         return self.output(x, target_softmax_attention(q, k, v, cache.keys, history, after=True, engine=self.engine))
+
+    def warm(
+        self, x: torch.Tensor, cache: LayerCache, actions: torch.Tensor | None, new: int
+    ) -> tuple[torch.Tensor, LayerCache]:
+        """`extend` of the first `new` tokens of x [1, M + K, D], then `targets` of the K after them,
+        with one projection and one output pass for all M + K. Returns all M + K outputs and the
+        cache with the M new tokens appended."""
+        q, k, v = self.project(x)
+        if new:
+            cache = cache.append(k[:, :, :new], v[:, :, :new], self.action_values(actions))
+        history = cache.values if cache.actions is None else cache.values + cache.actions  # [1, H, L + M, dh]
+        attended = target_softmax_attention(q[:, :, new:], k[:, :, new:], v[:, :, new:], cache.keys, history,
+                                            after=True, engine=self.engine)  # [1, H, K, dh]
+        if new:
+            continued = softmax_attention(q[:, :, :new], cache.keys, cache.values, cache.actions, engine=self.engine)
+            attended = torch.cat([continued, attended], dim=2)  # [1, H, M + K, dh]
+        return self.output(x, attended), cache
 
     def project(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """x [B, L, D] → q, k, v [B, H, L, dh]."""
@@ -129,9 +147,26 @@ class SoftmaxEncoder(nn.Module):
     ) -> tuple[torch.Tensor, EncoderCache, torch.Tensor | None]:
         """Serving: `extend` by the new tokens x, then — with `targets` [1, K, D] at `timestamp` —
         `targets` after the extended cache: (the new tokens' states [1, M, D], the extended cache,
-        the targets' states [1, K, D] or None)."""
-        h, cache = self.extend(x, timestamps, cache, actions)
-        return h, cache, None if targets is None else self.targets(targets, timestamp, cache)
+        the targets' states [1, K, D] or None). With a fast engine both go through each layer
+        together (`TransformerLayer.warm`); otherwise in turn."""
+        first = self.layers[0]
+        if first.engine == "reference" or targets is None:
+            h, cache = self.extend(x, timestamps, cache, actions)
+            return h, cache, None if targets is None else self.targets(targets, timestamp, cache)
+        if cache is None:  # not `cache or …`: an EncoderCache of no tokens is falsy (its len)
+            cache = EncoderCache.empty(len(self.layers), first.heads, first.action_value is not None, x)
+        M = x.shape[1]
+        if M:
+            x = x + self.where_and_when(timestamps, cache.timestamps)
+        times = torch.cat([cache.timestamps, timestamps], dim=1) if M else cache.timestamps  # [1, L + M]
+        when = torch.as_tensor(timestamp, device=x.device).view(1, 1)
+        x = torch.cat([x, targets + self.where_and_when(when, times)], dim=1)  # [1, M + K, D]
+        layers = []
+        for layer, layer_cache in zip(self.layers, cache.layers):
+            x, layer_cache = layer.warm(x, layer_cache, actions, M)
+            layers.append(layer_cache)
+        x = self.norm(x)
+        return x[:, :M], EncoderCache(tuple(layers), times), x[:, M:]
 
     def targets(self, x: torch.Tensor, timestamp: int | torch.Tensor, cache: EncoderCache) -> torch.Tensor:
         """Serving: K target tokens x [1, K, D] at position L and time `timestamp` → their states
