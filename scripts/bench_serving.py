@@ -6,7 +6,9 @@ before, and the call gives one new event, so only that event and the candidates 
 O(N + K·N). Untrained models (the speed does not depend on the weights), one torch thread,
 CPU unless --device; prints a Markdown table of median and 99th-percentile seconds per call
 (over --repeats calls after one warm-up: below 100 calls the 99th percentile is interpolated
-between the slowest ones) and candidates/s at the median. `--exported` adds the `causalgr
+between the slowest ones) and candidates/s at the median. `--floor` adds the warm call's floor:
+the same user ranked with no new event, so only the candidates run (their own work against the
+cached history, the head and the call's overhead); cold/floor bounds what cold/warm can reach. `--exported` adds the `causalgr
 export` package (torch.export, CPU, always cold: it holds no cache), exported once per
 formulation and history length (seconds each); `--aoti` also its AOTInductor compilation
 (minutes each; needs a C++ compiler). `--http` serves the same model with `causalgr serve`'s
@@ -17,7 +19,8 @@ production-shaped warm requests: the user's N events posted once to `/v1/users/{
 one kept-alive connection).
 
     .venv/bin/python scripts/bench_serving.py [--lengths 128,512,2048] [--candidates 10,100,1000]
-        [--formulations interleaved,lfa,mvp,lagged,summed] [--backbone hstu] [--repeats 5] [--exported [--aoti]] [--http]
+        [--formulations interleaved,lfa,mvp,lagged,summed] [--backbone hstu] [--repeats 5] [--floor]
+        [--exported [--aoti]] [--http]
 """
 
 from __future__ import annotations
@@ -84,6 +87,7 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=10_000)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--floor", action="store_true", help="also time a warm call with no new event")
     parser.add_argument("--exported", action="store_true", help="also time the torch.export package (CPU)")
     parser.add_argument("--aoti", action="store_true", help="with --exported: also its AOTInductor package")
     parser.add_argument("--http", action="store_true", help="also time cold requests to a `causalgr serve` app")
@@ -99,11 +103,11 @@ def main() -> None:
     print(f"`Ranker.rank`, {args.backbone}, dim {args.dim}, {args.layers} layers, {args.device}, one torch thread; "
           f"median of {args.repeats} calls")
     print()
-    extra = (" exported s | exported/cold |" * args.exported + " AOTInductor s | AOTInductor/cold |" * args.aoti
+    extra = (" floor s | cold/floor |" * args.floor + " exported s | exported/cold |" * args.exported + " AOTInductor s | AOTInductor/cold |" * args.aoti
              + " HTTP p50 s | HTTP p99 s | HTTP warm p50 s | HTTP warm p99 s |" * args.http)
     print(f"| formulation | history N | K | cold s | cold p99 s | warm s | warm p99 s | cold/warm | candidates/s cold "
           f"| candidates/s warm |{extra}")
-    print("|---|---|---|---|---|---|---|---|---|---|" + "---|---|" * (args.exported + args.aoti + 2 * args.http))
+    print("|---|---|---|---|---|---|---|---|---|---|" + "---|---|" * (args.floor + args.exported + args.aoti + 2 * args.http))
     folder = tempfile.TemporaryDirectory()
     for formulation in args.formulations.split(","):
         for length in lengths:
@@ -133,6 +137,10 @@ def main() -> None:
                                                                 timestamp=timestamp), args.repeats)
                 row = (f"| {formulation} | {length} | {k} | {cold:.4f} | {cold_p99:.4f} | {warm:.4f} | {warm_p99:.4f} "
                        f"| {cold / warm:.1f}× | {k / cold:,.0f} | {k / warm:,.0f} |")
+                if args.floor:
+                    floor = median_seconds(lambda: ranker.rank(user="user", candidates=candidates, timestamp=timestamp),
+                                           args.repeats)
+                    row += f" {floor:.4f} | {cold / floor:.1f}× |"
                 for program_or_package in (program, compiled)[: args.exported + args.aoti]:
                     seconds = median_seconds(lambda: call(program_or_package, events, candidates, timestamp), args.repeats)
                     row += f" {seconds:.4f} | {seconds / cold:.2f}× |"
