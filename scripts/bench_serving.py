@@ -8,10 +8,10 @@ CPU unless --device; prints a Markdown table of median and 99th-percentile secon
 (over --repeats calls after one warm-up: below 100 calls the 99th percentile is interpolated
 between the slowest ones) and candidates/s at the median. `--floor` adds the warm call's floor:
 the same user ranked with no new event, so only the candidates run (their own work against the
-cached history, the head and the call's overhead); cold/floor bounds what cold/warm can reach. `--exported` adds the `causalgr
-export` package (torch.export, CPU, always cold: it holds no cache), exported once per
-formulation and history length (seconds each); `--aoti` also its AOTInductor compilation
-(minutes each; needs a C++ compiler). `--http` serves the same model with `causalgr serve`'s
+cached history, the head and the call's overhead); cold/floor bounds what cold/warm can reach.
+`--exported` adds the `causalgr export` package (torch.export, CPU, always cold: it holds no
+cache), exported once per formulation and history length (seconds each); `--aoti` also its
+AOTInductor compilation (minutes each; needs a C++ compiler). `--http` serves the same model with `causalgr serve`'s
 app (uvicorn in a process of its own, 127.0.0.1, one torch thread) and sends it --repeats cold
 requests at concurrency 1 with the load test's client: p50 and p99 of the HTTP round trip; then the
 production-shaped warm requests: the user's N events posted once to `/v1/users/{user}/events`, then
@@ -103,8 +103,8 @@ def main() -> None:
     print(f"`Ranker.rank`, {args.backbone}, dim {args.dim}, {args.layers} layers, {args.device}, one torch thread; "
           f"median of {args.repeats} calls")
     print()
-    extra = (" floor s | cold/floor |" * args.floor + " exported s | exported/cold |" * args.exported + " AOTInductor s | AOTInductor/cold |" * args.aoti
-             + " HTTP p50 s | HTTP p99 s | HTTP warm p50 s | HTTP warm p99 s |" * args.http)
+    extra = (" floor s | cold/floor |" * args.floor + " exported s | exported/cold |" * args.exported
+             + " AOTInductor s | AOTInductor/cold |" * args.aoti + " HTTP p50 s | HTTP p99 s | HTTP warm p50 s | HTTP warm p99 s |" * args.http)
     print(f"| formulation | history N | K | cold s | cold p99 s | warm s | warm p99 s | cold/warm | candidates/s cold "
           f"| candidates/s warm |{extra}")
     print("|---|---|---|---|---|---|---|---|---|---|" + "---|---|" * (args.floor + args.exported + args.aoti + 2 * args.http))
