@@ -9,6 +9,7 @@ ones — so a state may be read by one request while another extends it.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -39,10 +40,12 @@ class EncoderCache:
         return self.timestamps.shape[1]
 
     @classmethod
-    def empty(cls, layers: int, heads: int, mvp: bool, like: torch.Tensor) -> EncoderCache:
-        """The cache of an empty history, on `like`'s device and dtype (`like` [.., D])."""
+    def empty(cls, layers: Sequence, like: torch.Tensor) -> EncoderCache:
+        """The cache of an empty history for an encoder's attention `layers` (each with `heads`,
+        and `action_value` set for mvp), on `like`'s device and dtype (`like` [.., D])."""
+        heads, mvp = layers[0].heads, layers[0].action_value is not None
         none = like.new_zeros(1, heads, 0, like.shape[-1] // heads)  # [1, H, 0, dh]
-        return cls(tuple(LayerCache(none, none, none if mvp else None) for _ in range(layers)),
+        return cls(tuple(LayerCache(none, none, none if mvp else None) for _ in layers),
                    torch.zeros(1, 0, dtype=torch.long, device=like.device))
 
 

@@ -166,9 +166,8 @@ class HSTUEncoder(nn.Module):
         """Serving: M new tokens x [1, M, D] (times [1, M], mvp's b(a) [1, M, D]) after the cached
         ones → their states [1, M, D], exactly `forward`'s at those positions, and the cache with
         them appended. `cache` None starts an empty history."""
-        first = self.layers[0]
         if cache is None:  # not `cache or …`: an EncoderCache of no tokens is falsy (its len)
-            cache = EncoderCache.empty(len(self.layers), first.heads, first.action_value is not None, x)
+            cache = EncoderCache.empty(self.layers, x)
         if x.shape[1] == 0:
             return self.norm(x), cache
         times = torch.cat([cache.timestamps, timestamps], dim=1)  # [1, L + M]
@@ -188,12 +187,12 @@ class HSTUEncoder(nn.Module):
         `targets` after the extended cache: (the new tokens' states [1, M, D], the extended cache,
         the targets' states [1, K, D] or None). With a fast engine and at most WARM_TOKENS new
         tokens, both go through each layer together (`STULayer.warm`); otherwise in turn."""
-        M, first = x.shape[1], self.layers[0]
-        if first.engine == "reference" or targets is None or M > WARM_TOKENS:  # M last: export keeps it symbolic
+        M = x.shape[1]
+        if self.layers[0].engine == "reference" or targets is None or M > WARM_TOKENS:  # M last: export keeps it symbolic
             h, cache = self.extend(x, timestamps, cache, actions)
             return h, cache, None if targets is None else self.targets(targets, timestamp, cache)
         if cache is None:  # not `cache or …`: an EncoderCache of no tokens is falsy (its len)
-            cache = EncoderCache.empty(len(self.layers), first.heads, first.action_value is not None, x)
+            cache = EncoderCache.empty(self.layers, x)
         times = torch.cat([cache.timestamps, timestamps], dim=1) if M else cache.timestamps  # [1, L + M]
         when = torch.as_tensor(timestamp, device=x.device).view(1, 1)
         bias = self.bias.serving(torch.cat([times, when], dim=1))  # [1, L + M + 1]: the targets' time last

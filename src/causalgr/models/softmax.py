@@ -128,9 +128,8 @@ class SoftmaxEncoder(nn.Module):
         """Serving: M new tokens x [1, M, D] (times [1, M], mvp's b(a) [1, M, D]) after the cached
         ones → their states [1, M, D], exactly `forward`'s at those positions, and the cache with
         them appended. `cache` None starts an empty history."""
-        first = self.layers[0]
         if cache is None:  # not `cache or …`: an EncoderCache of no tokens is falsy (its len)
-            cache = EncoderCache.empty(len(self.layers), first.heads, first.action_value is not None, x)
+            cache = EncoderCache.empty(self.layers, x)
         if x.shape[1] == 0:
             return self.norm(x), cache
         x = x + self.where_and_when(timestamps, cache.timestamps)
@@ -149,12 +148,11 @@ class SoftmaxEncoder(nn.Module):
         `targets` after the extended cache: (the new tokens' states [1, M, D], the extended cache,
         the targets' states [1, K, D] or None). With a fast engine both go through each layer
         together (`TransformerLayer.warm`); otherwise in turn."""
-        first = self.layers[0]
-        if first.engine == "reference" or targets is None:
+        if self.layers[0].engine == "reference" or targets is None:
             h, cache = self.extend(x, timestamps, cache, actions)
             return h, cache, None if targets is None else self.targets(targets, timestamp, cache)
         if cache is None:  # not `cache or …`: an EncoderCache of no tokens is falsy (its len)
-            cache = EncoderCache.empty(len(self.layers), first.heads, first.action_value is not None, x)
+            cache = EncoderCache.empty(self.layers, x)
         M = x.shape[1]
         if M:
             x = x + self.where_and_when(timestamps, cache.timestamps)
