@@ -55,10 +55,11 @@ class RelativeBias(nn.Module):
         """The tables with a `blocks` memo for one serving call (`bias.block_bias`), holding already
         what depends on the weights alone (`bias.weight_memo`: the position + time sums table and
         the position windows), made again only when the weights change. Under
-        torch.export or torch.compile (no data pointers to key on) the call makes its own."""
+        torch.export or torch.compile no memo (no data pointers to key on, and a block's bounds as
+        keys would fix the graph's sizes): each layer makes its own, which the compiler may share."""
         weights = (self.position.weight, self.time.weight)
         if torch.compiler.is_compiling():
-            return BiasTables(*weights, timestamps, blocks={})
+            return BiasTables(*weights, timestamps)
         version = tuple((w.data_ptr(), w._version) for w in weights)
         if getattr(self, "_made", (None, None))[0] != version:
             self._made = version, weight_memo(*(w.detach() for w in weights))

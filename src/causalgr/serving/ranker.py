@@ -5,11 +5,13 @@ The answer for candidate c is the trained model's prediction at position N + 1 o
 keys and values, and the formulation's extras, kept per user by `observe`); the K candidates go
 through in one target-aware pass, beside the events given in the call: each sees the history and
 itself, never another candidate, so an answer does not depend on the other candidates or their
-order. Cost O(N² + K·N) cold, O(K·N + new events · N) warm.
+order. Cost O(N² + K·N) cold, O(K·N + new events · N) warm. `Ranker(model, compile=True)` runs
+warm calls through `torch.compile` (docs/serving.md, "The compiled warm path").
 """
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -42,6 +44,7 @@ from causalgr.training.rundir import RunDir
 
 CANDIDATES_PER_PASS = 256  # bounds a pass's attention slab at candidates × history tokens × heads
 CACHE_BYTES = 256 << 20
+COMPILED_EVENTS = 8  # with compile=True, a warm call bringing at most this many events runs compiled
 
 
 @dataclass(frozen=True)
@@ -59,10 +62,17 @@ class Ranker:
     are cut to their last `max_len - 1` events so that history + candidate fits the model.
     `observe` keeps each user's events and the model's state of them (`cache`, bounded by
     `cache_bytes`). Safe to call from several threads.
+
+    `compile=True` (CPU only; needs a C++ compiler) compiles the warm call — a cached user's
+    history of 2 or more tokens, 2 or more candidates, at most `COMPILED_EVENTS` events in the
+    call — with torch.compile and Inductor's C++ wrapper, at construction: three graphs (no
+    event in the call, one, several), 15–30 s each. The same answers within float32 rounding;
+    every other call runs eager.
     """
 
     def __init__(self, model: RankingModel, items: ItemIndex | None = None, *,
-                 cache_bytes: int = CACHE_BYTES, candidates_per_pass: int = CANDIDATES_PER_PASS):
+                 cache_bytes: int = CACHE_BYTES, candidates_per_pass: int = CANDIDATES_PER_PASS,
+                 compile: bool = False):
         self.config = model.config
         self.model = with_unknown_item(model)
         self.items = items if items is not None else ItemIndex(model.config.num_items)
@@ -72,6 +82,9 @@ class Ranker:
         self.device = next(self.model.parameters()).device
         self._model_lock = threading.Lock()  # one forward at a time: torch already uses every core
         self.run: Path | None = None  # the run folder, when made by `from_run`
+        self._compiled = None
+        if compile:
+            self._compile()
 
     @classmethod
     def from_run(cls, run: RunDir | Path | str, *, data: Path | str | None = None, weights: str = "best",
@@ -203,9 +216,54 @@ class Ranker:
     @torch.inference_mode()
     def _rank(self, state: HistoryState | None, events: History, candidates: np.ndarray, timestamp: int) -> np.ndarray:
         batch, candidates = history_batch(events, self.device), torch.as_tensor(candidates, device=self.device)
+        serve = self.model.serve
+        if self._compiled is not None and _compiled_shape(state, batch, candidates):
+            serve, timestamp = self._compiled, torch.tensor(timestamp)  # a tensor: an int would be a constant of the graph
         with self._model_lock:
-            _, logits = self.model.serve(state, batch, candidates, timestamp)  # [K, T]
+            _, logits = serve(state, batch, candidates, timestamp)  # [K, T]
         return torch.sigmoid(logits.float()).cpu().numpy()
+
+    def _compile(self) -> None:
+        """Compile the warm call's three graphs now, on a made-up user, rather than at the first requests."""
+        if self.device.type != "cpu":
+            raise CausalgrError(f"compile: the compiled warm path runs on the CPU only, not {self.device}")
+        length = min(9, self.max_history - 4)  # sizes apart from K = 5 and M = 3, so that none is taken for another
+        if length < 2:
+            raise CausalgrError(f"compile: the model's max_len ({self.config.max_len}) leaves no room for a warm call")
+        self._compiled = torch.compile(self.model.serve, options={"cpp_wrapper": True})
+        made_up = functools.partial(_made_up_events, num_items=self.config.num_items, num_tasks=len(self.tasks))
+        try:
+            state = self._extend(None, made_up(0, length))
+            for new in (0, 1, 3):
+                self._rank(state, made_up(length, new), made_up(0, 5).items, timestamp=60 * (length + 3))
+        except Exception as err:  # torch.compile's failures (no C++ compiler, …) come in many types
+            raise CausalgrError(f"compile: cannot compile the warm path: {_first_line(err)}") from err
+
+
+def _compiled_shape(state: HistoryState | None, batch: Batch, candidates: torch.Tensor) -> bool:
+    """Whether a call is one the compiled graphs serve; if so, its history length, K and number
+    of events (when 2 or more) are marked dynamic, so that one graph serves them all. Sizes 0
+    and 1 are torch.compile's special cases, each a graph of its own: a cached history of one
+    token and a single candidate run eager."""
+    events = batch.items.shape[1]
+    if state is None or len(state.encoder) < 2 or len(candidates) < 2 or events > COMPILED_EVENTS:
+        return False
+    torch._dynamo.maybe_mark_dynamic(candidates, 0)
+    for name, tensor in state.tensors().items():
+        if name != "last_action":  # [1, 1, D]; every other state tensor runs along the history
+            torch._dynamo.maybe_mark_dynamic(tensor, 1 if name == "timestamps" else 2)
+    if events >= 2:
+        for tensor in (batch.items, batch.timestamps, batch.labels, batch.action_values):
+            torch._dynamo.maybe_mark_dynamic(tensor, 1)
+    return True
+
+
+def _made_up_events(start: int, count: int, num_items: int, num_tasks: int) -> History:
+    """Events start … start + count − 1 of a made-up user, to compile with: event n is item
+    n + 1 (mod num_items) at minute n, with no action."""
+    n = np.arange(start, start + count)
+    return History(items=n % num_items + 1, timestamps=n * 60, labels=np.zeros((count, num_tasks), dtype=np.float32),
+                   action_values=np.zeros(count, dtype=np.int64))
 
 
 def history_batch(history: History, device: torch.device | str = "cpu") -> Batch:

@@ -30,13 +30,20 @@ class BiasTables(NamedTuple):
     blocks: dict | None = None  # serving: (start, stop, keys) → that block's bias, shared by the layers (`block_bias`)
 
 
-@functools.lru_cache(maxsize=None)
+@torch.compiler.assume_constant_result
 def bucket_edges(buckets: int, device: torch.device) -> torch.Tensor:
     """θ_k = the smallest gap that `log_bucket` puts in bucket ≥ k, k = 1..buckets − 1: [buckets − 1] long.
 
-    `log_bucket` is non-decreasing in the gap, so bucket(gap) = #{k : gap ≥ θ_k}. Found by a
-    binary search on `log_bucket` itself, so the thresholds inherit its float32 rounding exactly.
+    `log_bucket` is non-decreasing in the gap, so bucket(gap) = #{k : gap ≥ θ_k}. Found once per
+    bucket count and device by a binary search on `log_bucket` itself, so the thresholds inherit
+    its float32 rounding exactly. A constant of the model's settings: torch.compile takes the
+    result as it is rather than tracing the search, whose data-dependent loop would break the graph.
     """
+    return _searched_edges(buckets, device)
+
+
+@functools.lru_cache(maxsize=None)
+def _searched_edges(buckets: int, device: torch.device) -> torch.Tensor:
     k = torch.arange(1, buckets)
     lo, hi = torch.zeros_like(k), torch.full_like(k, 2**62)
     while bool((lo < hi).any()):
@@ -79,19 +86,22 @@ def block_bias(tables: BiasTables, start: int, stop: int, keys: int) -> torch.Te
     (`_bias_in_order`); otherwise one gather per block from a table of every position + time
     sum (P·Tb rows, made once per call).
     """
-    memo = tables.blocks if tables.blocks is not None else {}
-    if (start, stop, keys) not in memo:
-        if _in_order(tables, memo):
-            bias = _bias_in_order(tables, start, stop, keys)
-        else:
-            (P, H), buckets = tables.position.shape, tables.time.shape[0]
-            if "sums" not in memo:
-                memo["sums"] = sums_table(tables.position, tables.time)
-            distance = distances(start, stop, keys, P, tables.timestamps.device)  # [rows, keys]
-            bucket = time_buckets(tables.timestamps, start, stop, keys, buckets)  # [B, rows, keys]
-            bias = memo["sums"][:, distance * buckets + bucket].transpose(0, 1).contiguous()  # [B, H, rows, keys]
-        memo[(start, stop, keys)] = bias
-    return memo[(start, stop, keys)]
+    if tables.blocks is None:  # no memo: training, and torch.compile (a block's bounds as keys would fix the graph's sizes)
+        return _made_block_bias(tables, start, stop, keys, {})
+    if (start, stop, keys) not in tables.blocks:
+        tables.blocks[(start, stop, keys)] = _made_block_bias(tables, start, stop, keys, tables.blocks)
+    return tables.blocks[(start, stop, keys)]
+
+
+def _made_block_bias(tables: BiasTables, start: int, stop: int, keys: int, memo: dict) -> torch.Tensor:
+    if _in_order(tables, memo):
+        return _bias_in_order(tables, start, stop, keys, memo)
+    (P, H), buckets = tables.position.shape, tables.time.shape[0]
+    if "sums" not in memo:
+        memo["sums"] = sums_table(tables.position, tables.time)
+    distance = distances(start, stop, keys, P, tables.timestamps.device)  # [rows, keys]
+    bucket = time_buckets(tables.timestamps, start, stop, keys, buckets)  # [B, rows, keys]
+    return memo["sums"][:, distance * buckets + bucket].transpose(0, 1).contiguous()  # [B, H, rows, keys]
 
 
 def weight_memo(position: torch.Tensor, time: torch.Tensor) -> dict:
@@ -122,16 +132,15 @@ def _in_order(tables: BiasTables, memo: dict) -> bool:
     return memo["in order"]
 
 
-def _bias_in_order(tables: BiasTables, start: int, stop: int, keys: int) -> torch.Tensor:
+def _bias_in_order(tables: BiasTables, start: int, stop: int, keys: int, memo: dict) -> torch.Tensor:
     """`block_bias` for timestamps in order, with no per-element search or gather.
 
     Time: row n's gap to key j shrinks as j grows, so its bucket falls from Tb − 1 to 0 in runs:
     key j is in bucket ≥ k while j < c_nk = #{j : t_j ≤ t_n − θ_k} (`bucket_edges`; one binary
     search per row and edge, over every timestamp of the call: θ_1 = 1, so no key j ≥ n counts).
     Each bucket's bias is repeated over its run. Position: a window of
-    `position_windows`, made once per model (`RelativeBias.serving`) or call.
+    `position_windows`, made once per model (`RelativeBias.serving`) or call (`memo`).
     """
-    memo = tables.blocks if tables.blocks is not None else {}
     (P, H), buckets = tables.position.shape, tables.time.shape[0]
     times = tables.timestamps
     B, rows = times.shape[0], stop - start
@@ -165,11 +174,12 @@ def position_windows(position: torch.Tensor, rows: int, offset: int | None = Non
 def block_mask(tables: BiasTables, start: int, stop: int, strict: bool) -> torch.Tensor:
     """[rows, stop]: 1/(n + 1) where key j may be seen by query n (j ≤ n, or j < n when `strict`),
     else 0 — mask and normaliser in one. Made once per call and block when `tables.blocks` is a dict."""
-    memo = tables.blocks if tables.blocks is not None else {}
-    if ("mask", start, stop, strict) not in memo:
-        memo[("mask", start, stop, strict)] = allowed_over_count(start, stop, strict, tables.position.dtype,
-                                                                 tables.position.device)
-    return memo[("mask", start, stop, strict)]
+    made = functools.partial(allowed_over_count, start, stop, strict, tables.position.dtype, tables.position.device)
+    if tables.blocks is None:  # as in `block_bias`
+        return made()
+    if ("mask", start, stop, strict) not in tables.blocks:
+        tables.blocks[("mask", start, stop, strict)] = made()
+    return tables.blocks[("mask", start, stop, strict)]
 
 
 def allowed_over_count(start: int, stop: int, strict: bool, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
