@@ -16,11 +16,13 @@ app (uvicorn in a process of its own, 127.0.0.1, one torch thread) and sends it 
 requests at concurrency 1 with the load test's client: p50 and p99 of the HTTP round trip; then the
 production-shaped warm requests: the user's N events posted once to `/v1/users/{user}/events`, then
 --repeats `/v1/rank` requests naming that user with one new event in `history` (concurrency 1,
-one kept-alive connection).
+one kept-alive connection). `--compile` builds every ranker (and the HTTP server's) with
+`Ranker(model, compile=True)`: warm calls and the floor run compiled, cold calls eager; the
+compilation (about a minute per model) is not timed.
 
     .venv/bin/python scripts/bench_serving.py [--lengths 128,512,2048] [--candidates 10,100,1000]
         [--formulations interleaved,lfa,mvp,lagged,summed] [--backbone hstu] [--repeats 5] [--floor]
-        [--exported [--aoti]] [--http]
+        [--exported [--aoti]] [--http] [--compile]
 """
 
 from __future__ import annotations
@@ -91,6 +93,7 @@ def main() -> None:
     parser.add_argument("--exported", action="store_true", help="also time the torch.export package (CPU)")
     parser.add_argument("--aoti", action="store_true", help="with --exported: also its AOTInductor package")
     parser.add_argument("--http", action="store_true", help="also time cold requests to a `causalgr serve` app")
+    parser.add_argument("--compile", action="store_true", help="rankers compile their warm calls (Ranker(compile=True))")
     args = parser.parse_args()
     if args.exported and args.device != "cpu":
         parser.error("--exported runs on the CPU")
@@ -114,7 +117,7 @@ def main() -> None:
             config = ModelConfig(formulation=formulation, backbone=args.backbone, num_items=args.items, tasks=TASKS,
                                  dim=args.dim, layers=args.layers, max_len=length + 2)
             torch.manual_seed(0)
-            ranker = Ranker(build_model(config).to(args.device))
+            ranker = Ranker(build_model(config).to(args.device), compile=args.compile)
             events = history(length + 1, args.items, seed=length)
             cached, new = ({key: values[:length] for key, values in events.items()},
                            {key: values[length:] for key, values in events.items()})
@@ -122,7 +125,7 @@ def main() -> None:
             timestamp = events["timestamps"][-1] + 60
             program = compiled = server = None
             if args.http:
-                server = HTTPServer(config)
+                server = HTTPServer(config, args.compile)
             if args.exported:
                 name = Path(folder.name) / f"{formulation}-{length}"
                 package = export_ranker(ranker, name.with_suffix(".pt2"), max_candidates=max(max(counts), 2),
@@ -166,14 +169,14 @@ class HTTPServer:
     """`causalgr serve`'s app for `config`'s untrained model (seed 0: the same weights as the ranker
     timed beside it) in a process of its own on a free loopback port."""
 
-    def __init__(self, config: ModelConfig):
+    def __init__(self, config: ModelConfig, compile: bool = False):
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             self.port = probe.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
-        self.process = multiprocessing.get_context("spawn").Process(target=_serve, args=(config, self.port))
+        self.process = multiprocessing.get_context("spawn").Process(target=_serve, args=(config, self.port, compile))
         self.process.start()
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + (600 if compile else 120)  # compiling takes a minute or more
         while True:
             try:
                 httpx.get(f"{self.url}/healthz", timeout=1).raise_for_status()
@@ -215,7 +218,7 @@ class HTTPServer:
         self.process.join()
 
 
-def _serve(config: ModelConfig, port: int) -> None:
+def _serve(config: ModelConfig, port: int, compile: bool) -> None:
     import uvicorn
 
     from causalgr.serving.http import create_app
@@ -224,7 +227,8 @@ def _serve(config: ModelConfig, port: int) -> None:
     torch.set_num_threads(1)
     torch.manual_seed(0)
     items = ItemIndex(config.num_items, {str(i): i for i in range(1, config.num_items + 1)})  # the load test's ids
-    uvicorn.run(create_app(Ranker(build_model(config), items)), host="127.0.0.1", port=port, log_level="warning")
+    ranker = Ranker(build_model(config), items, compile=compile)
+    uvicorn.run(create_app(ranker), host="127.0.0.1", port=port, log_level="warning")
 
 
 def aoti_load_package(path: str):

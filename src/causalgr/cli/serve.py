@@ -28,6 +28,8 @@ def register(app: typer.Typer) -> None:
         max_history_events: int = typer.Option(Limits.max_history_events, "--max-history-events", min=0),
         max_body_bytes: int = typer.Option(Limits.max_body_bytes, "--max-body-bytes", min=1),
         cache_bytes: int = typer.Option(CACHE_BYTES, "--cache-bytes", min=0, help="bound of the per-user history cache"),
+        compile: bool = typer.Option(False, "--compile", help="compile the warm calls at start-up (CPU; a minute or "
+                                     "more; needs a C++ compiler): docs/serving.md, \"The compiled warm path\""),
     ) -> None:
         """Rank candidates over HTTP: POST /v1/rank, POST /v1/users/{user}/events, GET /healthz,
         /v1/model, /metrics (docs/serving.md)."""
@@ -39,6 +41,8 @@ def register(app: typer.Typer) -> None:
 
         if threads:
             torch.set_num_threads(threads)
-        ranker = Ranker.from_run(run, data=data, weights=weights, device=device, cache_bytes=cache_bytes)
+        if compile:
+            typer.echo("compiling the warm path (a minute or more)…", err=True)
+        ranker = Ranker.from_run(run, data=data, weights=weights, device=device, cache_bytes=cache_bytes, compile=compile)
         limits = Limits(max_candidates, max_history_events, max_body_bytes)
         uvicorn.run(create_app(ranker, limits), host=host, port=port, log_level="info")
