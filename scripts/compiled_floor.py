@@ -12,8 +12,8 @@ torch thread, CPU), at each K:
   tensors (the target bias row by `bucketize` and two gathers; no memo, no empty-event work);
 - `compiled`: `straight` under `torch.compile(dynamic=True)` with Inductor's C++ wrapper
   (needs a C++ compiler; about 15-30 s to compile);
-- `serve compiled`: `model.serve` itself under `torch.compile(dynamic=True)` (Python wrapper:
-  the C++ one fails on it), graph breaks and all.
+- `serve compiled`: `model.serve` itself under `torch.compile(dynamic=True)`, Python wrapper
+  (what `Ranker(compile=True)` does, without its C++ wrapper and marked sizes).
 
 `straight`, `compiled` and `serve compiled` must equal `model.serve` to 1e-5, or the script stops. Each median is
 over --repeats calls; the calls are timed in turn, --rounds times, so that the host's drift hits
