@@ -27,13 +27,11 @@ HSTU only: it measures what a compiled path could gain, it is not a serving path
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from bench_serving import TASKS, history
+from bench_serving import TASKS, history, median_seconds
 
 from causalgr import ModelConfig, build_model
 from causalgr.models.cache import HistoryState, PoolingCache
@@ -64,16 +62,6 @@ def straight(model, edges: torch.Tensor, keys: list, values: list, pool_keys: to
     h = encoder.norm(x)
     pooled = model.pooling.targets(h, PoolingCache(pool_keys, pool_values))
     return model.head(torch.cat([h, pooled], dim=-1)[0])
-
-
-def median_ms(call, repeats: int) -> float:
-    call()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
 
 
 def main() -> None:
@@ -121,7 +109,7 @@ def main() -> None:
                 if error > 1e-5:
                     raise SystemExit(f"{name} differs from model.serve by {error:.2e} at K = {k}")
             for r in range(args.rounds):
-                ms = {name: median_ms(call, args.repeats) for name, call in calls.items()}
+                ms = {name: 1e3 * median_seconds(call, args.repeats) for name, call in calls.items()}
                 compiled_floor = ms["Ranker floor"] - ms["model.serve"] + ms["compiled"]
                 print(f"| {k} | {r + 1} | " + " | ".join(f"{ms[name]:.3f}" for name in calls)
                       + f" | {ms['model.serve'] / ms['compiled']:.1f}× | {ms['cold'] / ms['Ranker floor']:.1f}× "
