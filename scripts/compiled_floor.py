@@ -18,8 +18,9 @@ torch thread, CPU), at each K:
 `straight`, `compiled` and `serve compiled` must equal `model.serve` to 1e-5, or the script stops. Each median is
 over --repeats calls; the calls are timed in turn, --rounds times, so that the host's drift hits
 them alike. The last column is cold / (Ranker floor − model.serve + compiled): the bound on
-cold/warm if the model's part of the floor ran compiled. `straight` is this script's own copy of the model's candidates pass, for `lfa` on
-HSTU only: it measures what a compiled path could gain, it is not a serving path.
+cold/warm if the model's part of the floor ran compiled. `straight` is this script's own copy
+of the model's candidates pass, for `lfa` on HSTU only: it measures what a compiled path could
+gain, it is not a serving path.
 
     python scripts/compiled_floor.py [--candidates 10,100] [--repeats 200] [--rounds 3]
 """
