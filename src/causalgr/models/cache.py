@@ -77,3 +77,12 @@ class HistoryState:
         if self.pooling is not None:
             named.update({f"pooling.{name}": t for name, t in self.pooling._asdict().items()})
         return {name: t for name, t in named.items() if t is not None}
+
+    @classmethod
+    def from_tensors(cls, named: dict[str, torch.Tensor]) -> HistoryState:
+        """The state whose `tensors()` are `named`."""
+        layers = sorted({int(name.split(".")[0][len("layer"):]) for name in named if name.startswith("layer")})
+        encoder = EncoderCache(tuple(LayerCache(*(named.get(f"layer{i}.{field}") for field in LayerCache._fields))
+                                     for i in layers), named["timestamps"])
+        pooling = PoolingCache(named["pooling.keys"], named["pooling.values"]) if "pooling.keys" in named else None
+        return cls(encoder, pooling, named.get("last_action"))

@@ -38,13 +38,13 @@ from causalgr.serving.history import (
     check_timestamp,
     check_timestamps,
 )
+from causalgr.serving.compiled import WarmPath
 from causalgr.serving.items import ItemIndex, with_unknown_item
 from causalgr.training.evaluate import load_run
 from causalgr.training.rundir import RunDir
 
 CANDIDATES_PER_PASS = 256  # bounds a pass's attention slab at candidates × history tokens × heads
 CACHE_BYTES = 256 << 20
-COMPILED_EVENTS = 8  # with compile=True, a warm call bringing at most this many events runs compiled
 
 
 @dataclass(frozen=True)
@@ -82,7 +82,7 @@ class Ranker:
         self.device = next(self.model.parameters()).device
         self._model_lock = threading.Lock()  # one forward at a time: torch already uses every core
         self.run: Path | None = None  # the run folder, when made by `from_run`
-        self._compiled = None
+        self._warm: WarmPath | None = None  # compile=True: the compiled warm calls
         if compile:
             self._compile()
 
@@ -216,46 +216,25 @@ class Ranker:
     @torch.inference_mode()
     def _rank(self, state: HistoryState | None, events: History, candidates: np.ndarray, timestamp: int) -> np.ndarray:
         batch, candidates = history_batch(events, self.device), torch.as_tensor(candidates, device=self.device)
-        serve = self.model.serve
-        if self._compiled is not None and _compiled_shape(state, batch, candidates):
-            serve, timestamp = self._compiled, torch.tensor(timestamp)  # a tensor: an int would be a constant of the graph
         with self._model_lock:
-            _, logits = serve(state, batch, candidates, timestamp)  # [K, T]
+            logits = self._warm(state, batch, candidates, timestamp) if self._warm is not None else None
+            if logits is None:
+                _, logits = self.model.serve(state, batch, candidates, timestamp)  # [K, T]
         return torch.sigmoid(logits.float()).cpu().numpy()
 
     def _compile(self) -> None:
-        """Compile the warm call's three graphs now, on a made-up user, rather than at the first requests."""
+        """Compile the warm calls now, on a made-up user, rather than at the first requests."""
         if self.device.type != "cpu":
             raise CausalgrError(f"compile: the compiled warm path runs on the CPU only, not {self.device}")
         length = min(9, self.max_history - 4)  # sizes apart from K = 5 and M = 3, so that none is taken for another
         if length < 2:
             raise CausalgrError(f"compile: the model's max_len ({self.config.max_len}) leaves no room for a warm call")
-        self._compiled = torch.compile(self.model.serve, options={"cpp_wrapper": True})
         made_up = functools.partial(_made_up_events, num_items=self.config.num_items, num_tasks=len(self.tasks))
         try:
-            state = self._extend(None, made_up(0, length))
-            for new in (0, 1, 3):
-                self._rank(state, made_up(length, new), made_up(0, 5).items, timestamp=60 * (length + 3))
-        except Exception as err:  # torch.compile's failures (no C++ compiler, …) come in many types
+            self._warm = WarmPath(self.model, self._extend(None, made_up(0, length)), history_batch(made_up(length, 3)),
+                                  self.candidates_per_pass)
+        except Exception as err:  # torch.export's and AOTInductor's failures (no C++ compiler, …) come in many types
             raise CausalgrError(f"compile: cannot compile the warm path: {_first_line(err)}") from err
-
-
-def _compiled_shape(state: HistoryState | None, batch: Batch, candidates: torch.Tensor) -> bool:
-    """Whether a call is one the compiled graphs serve; if so, its history length, K and number
-    of events (when 2 or more) are marked dynamic, so that one graph serves them all. Sizes 0
-    and 1 are torch.compile's special cases, each a graph of its own: a cached history of one
-    token and a single candidate run eager."""
-    events = batch.items.shape[1]
-    if state is None or len(state.encoder) < 2 or len(candidates) < 2 or events > COMPILED_EVENTS:
-        return False
-    torch._dynamo.maybe_mark_dynamic(candidates, 0)
-    for name, tensor in state.tensors().items():
-        if name != "last_action":  # [1, 1, D]; every other state tensor runs along the history
-            torch._dynamo.maybe_mark_dynamic(tensor, 1 if name == "timestamps" else 2)
-    if events >= 2:
-        for tensor in (batch.items, batch.timestamps, batch.labels, batch.action_values):
-            torch._dynamo.maybe_mark_dynamic(tensor, 1)
-    return True
 
 
 def _made_up_events(start: int, count: int, num_items: int, num_tasks: int) -> History:
