@@ -93,14 +93,16 @@ def _continued_softmax_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, u: torch.Tensor | None
 ) -> torch.Tensor:
     """`softmax_attention` for queries at the last Lq < L positions, a block of query rows at a time:
-    one [B, H, rows, L] slab at most, never [Lq, L]. Forward only (serving)."""
+    one [B, H, rows, L] slab at most, never [Lq, L]. Forward only (serving). The blocks follow the
+    query rows; under torch.export or torch.compile one block, so that L and Lq stay symbolic."""
     Lq, L, dh = q.shape[-2], k.shape[-2], q.shape[-1]
     first, block = L - Lq, block_rows(q, None, L)
     x = v if u is None else v + u  # mvp: one pass over v + u, minus the diagonal α_nn·u_n
     out = x.new_empty(*q.shape[:-1], x.shape[-1])  # [B, H, Lq, dh]
-    for start in range(first, L, block):
-        stop = min(start + block, L)
-        rows = slice(start - first, stop - first)
+    blocks = [slice(0, Lq)] if torch.compiler.is_compiling() else [
+        slice(row, min(row + block, Lq)) for row in range(0, Lq, block)]
+    for rows in blocks:
+        start, stop = first + rows.start, first + rows.stop
         allowed = torch.arange(stop, device=q.device)[None, :] <= torch.arange(start, stop, device=q.device)[:, None]
         scores = (q[:, :, rows] @ k[:, :, :stop].transpose(-2, -1)).mul_(1.0 / math.sqrt(dh))  # [B, H, rows, stop]
         probs = scores.masked_fill_(~allowed, float("-inf")).softmax(-1)

@@ -94,18 +94,21 @@ class WarmPath:
             exported, package_path=str(path), inductor_configs={"aot_inductor.package_constants_in_so": False}))
         program.load_constants(self._constants(program.get_constant_fqns(), exported), check_full_update=True,
                                user_managed=True)
+        with torch.no_grad():  # the constants are matched by order (`_constants`): a wrong match shows here
+            inputs = _inputs(state, events, candidates, timestamp)
+            if not torch.allclose(program(*inputs), module(*inputs), atol=1e-5, rtol=0):
+                raise CausalgrError(f"compile: the program of {new} events does not answer as the model")
         return program
-
 
     def _constants(self, names: list[str], exported: torch.export.ExportedProgram) -> dict[str, torch.Tensor]:
         """The program's constants: the module's weights by name, and the tensors that tracing
-        lifted (the time buckets' edges), which AOTInductor renames `_tensor_constant<i>` in their order."""
-        lifted = [name for name in names if name not in self._weights]
-        if len(lifted) != len(exported.constants):
+        lifted (the time buckets' edges), which AOTInductor renames `_tensor_constant<i>` in their
+        order, except 0-d ones (softmax's scalars), which it writes into the code."""
+        lifted = sorted((name for name in names if name not in self._weights), key=_index)
+        traced = [t for _, t in sorted(exported.constants.items(), key=lambda item: _index(item[0])) if t.dim() > 0]
+        if len(lifted) != len(traced):
             raise CausalgrError(f"compile: the program names constants {lifted}, the export holds {list(exported.constants)}")
-        traced = [exported.constants[name] for name in sorted(exported.constants, key=_index)]
-        return {name: self._weights[name] for name in names if name in self._weights} | dict(
-            zip(sorted(lifted, key=_index), traced))
+        return {name: self._weights[name] for name in names if name in self._weights} | dict(zip(lifted, traced))
 
 
 def _inputs(state: HistoryState, events: Batch, candidates: torch.Tensor, timestamp: int) -> tuple:

@@ -6,7 +6,7 @@ keys and values, and the formulation's extras, kept per user by `observe`); the 
 through in one target-aware pass, beside the events given in the call: each sees the history and
 itself, never another candidate, so an answer does not depend on the other candidates or their
 order. Cost O(N² + K·N) cold, O(K·N + new events · N) warm. `Ranker(model, compile=True)` runs
-warm calls through `torch.compile` (docs/serving.md, "The compiled warm path").
+warm calls as AOTInductor programs (`serving.compiled`; docs/serving.md, "The compiled warm path").
 """
 
 from __future__ import annotations
@@ -65,9 +65,9 @@ class Ranker:
 
     `compile=True` (CPU only; needs a C++ compiler) compiles the warm call — a cached user's
     history of 2 or more tokens, 2 or more candidates, at most `COMPILED_EVENTS` events in the
-    call — with torch.compile and Inductor's C++ wrapper, at construction: three graphs (no
-    event in the call, one, several), 15–30 s each. The same answers within float32 rounding;
-    every other call runs eager.
+    call — at construction, with torch.export and AOTInductor (`serving.compiled.WarmPath`): three
+    programs (no event in the call, one, several), 20–40 s each. The same answers within float32
+    rounding; every other call runs eager.
     """
 
     def __init__(self, model: RankingModel, items: ItemIndex | None = None, *,
