@@ -119,7 +119,7 @@ def _inputs(state: HistoryState, events: Batch, candidates: torch.Tensor, timest
 def _flat_inputs(state: HistoryState, events: Batch, candidates: torch.Tensor, timestamp: int) -> list[torch.Tensor]:
     """`_inputs` flat, in the order torch.export flattened them: what a program's loader runs on
     (`boxed_run`), without the pytree walk and call-spec parsing of `aoti_load_package`'s wrapper
-    (a fifth of a warm call at K = 10)."""
+    on every call."""
     tensors = (*state.tensors().values(), events.items, events.timestamps, events.labels, events.action_values, candidates)
     return [*(t.contiguous() for t in tensors), torch.tensor(timestamp, device=candidates.device)]
 
@@ -135,4 +135,3 @@ def _first(events: Batch, count: int, clone: bool = False) -> Batch:
                                                 (events.items, events.labels, events.action_values, events.timestamps))
     return Batch(items=items, labels=labels, action_values=action_values, timestamps=timestamps,
                  lengths=events.lengths.new_full((1,), count))
-

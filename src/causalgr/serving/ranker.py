@@ -28,6 +28,7 @@ from causalgr.data.prepared import ITEM_IDS
 from causalgr.errors import CausalgrError
 from causalgr.models import RankingModel
 from causalgr.models.cache import HistoryState
+from causalgr.serving.compiled import WarmPath
 from causalgr.serving.history import (
     CachedHistory,
     History,
@@ -38,7 +39,6 @@ from causalgr.serving.history import (
     check_timestamp,
     check_timestamps,
 )
-from causalgr.serving.compiled import WarmPath
 from causalgr.serving.items import ItemIndex, with_unknown_item
 from causalgr.training.evaluate import load_run
 from causalgr.training.rundir import RunDir
@@ -66,7 +66,7 @@ class Ranker:
     `compile=True` (CPU only; needs a C++ compiler) compiles the warm call — a cached user's
     history of 2 or more tokens, 2 or more candidates, at most `COMPILED_EVENTS` events in the
     call — at construction, with torch.export and AOTInductor (`serving.compiled.WarmPath`): three
-    programs (no event in the call, one, several), 20–40 s each. The same answers within float32
+    programs (no event in the call, one, several), a minute or two in all. The same answers within float32
     rounding; every other call runs eager.
     """
 
