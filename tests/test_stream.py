@@ -120,8 +120,8 @@ def test_each_source_format_prepares_as_the_whole_file_reader_did(source_files, 
 def assert_as_expected(got: dict, case: str, source_files: Path) -> None:
     """`got` equals the whole-file reader's digest of `case`. A Parquet source's bytes name the
     library version that wrote it, and so do its checksum and the cache key made from it: for such
-    a source the checksum must be the file's own, and the cache key is left to the tests that
-    compare the two readers in one run."""
+    a source the checksum must be the file's own, and the cache key is left to
+    `test_streaming_equals_in_memory_on_real_formats`, which compares the two readers in one run."""
     want = json.loads(EXPECTED.read_text())[case]
     source, name = CASES[case][:2]
     path = source_files / (name or source.partition(":")[2])

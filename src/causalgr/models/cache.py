@@ -80,9 +80,8 @@ class HistoryState:
 
     @classmethod
     def from_tensors(cls, named: dict[str, torch.Tensor]) -> HistoryState:
-        """The state whose `tensors()` are `named`."""
-        layers = sorted({int(name.split(".")[0][len("layer"):]) for name in named if name.startswith("layer")})
-        encoder = EncoderCache(tuple(LayerCache(*(named.get(f"layer{i}.{field}") for field in LayerCache._fields))
-                                     for i in layers), named["timestamps"])
-        pooling = PoolingCache(named["pooling.keys"], named["pooling.values"]) if "pooling.keys" in named else None
-        return cls(encoder, pooling, named.get("last_action"))
+        """The state whose `tensors()` are `named` (the names as `tensors()` writes them)."""
+        count = sum(name.startswith("layer") and name.endswith(".keys") for name in named)
+        layers = tuple(LayerCache(*(named.get(f"layer{i}.{field}") for field in LayerCache._fields)) for i in range(count))
+        pooling = PoolingCache(*(named[f"pooling.{field}"] for field in PoolingCache._fields)) if "pooling.keys" in named else None
+        return cls(EncoderCache(layers, named["timestamps"]), pooling, named.get("last_action"))
